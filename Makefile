@@ -1,0 +1,35 @@
+# The two commands a new user needs: `make demo` and `make test`. Both install what is missing.
+PYTHON ?= python3
+export ARCHITECT_NIGHTLY_TZ ?= UTC
+PREFECT_ENV = PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_HOME=$(CURDIR)/.sandbox/prefect
+
+.PHONY: demo test install sandbox-up sandbox-down sandbox-status sandbox-purge deployments
+
+## demo: install, bring the sandbox up, deploy the reference app end to end, say where to look
+demo: install sandbox-up deployments
+	$(PREFECT_ENV) $(PYTHON) -m deployments.demo
+
+## test: install, bring the sandbox up, run the whole test suite
+test: install sandbox-up
+	$(PREFECT_ENV) $(PYTHON) -m pytest
+
+install:
+	@$(PYTHON) -c "import prefect, docker, kubernetes, psycopg, slack_sdk, hypothesis, pytest_timeout, aiohttp, uvloop" 2>/dev/null \
+		&& $(PYTHON) -c "import importlib.metadata as m; m.version('architect-deploy')" 2>/dev/null \
+		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+sandbox-up:
+	$(PYTHON) -m sandbox up
+
+sandbox-down:
+	$(PYTHON) -m sandbox down
+
+sandbox-status:
+	$(PYTHON) -m sandbox status
+
+sandbox-purge:
+	$(PYTHON) -m sandbox down --purge
+
+## deployments: register the manual and nightly deployments on the sandbox's Prefect server
+deployments:
+	$(PREFECT_ENV) prefect --no-prompt deploy --all

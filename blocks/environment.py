@@ -1,0 +1,130 @@
+"""The environment block: everything one environment (``sandbox``, ``staging``) needs."""
+
+from __future__ import annotations
+
+import ssl
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
+from prefect.blocks.core import Block
+from prefect.blocks.fields import SecretDict
+
+from blocks.database import PostgresDatabase
+from blocks.docker_target import DockerTarget
+from blocks.registry import ImageRegistry
+from blocks.slack import SlackChannel
+
+
+class Role(StrEnum):
+    """The four leads who sign a release off (the guide's Sign-Off section)."""
+
+    ENGINEERING = "engineering"
+    DEVOPS = "devops"
+    SECURITY = "security"
+    PRODUCT = "product"
+
+
+class PerformanceTargets(BaseModel):
+    """The guide's performance targets; the load and metrics gates judge against these."""
+
+    p50_ms: float = Field(100, gt=0, description="P50 latency must stay below this")
+    p95_ms: float = Field(500, gt=0, description="P95 latency must stay below this")
+    p99_ms: float = Field(1000, gt=0, description="P99 latency must stay below this")
+    max_ms: float = Field(2000, gt=0, description="Maximum latency must stay below this")
+    min_rps: float = Field(100, gt=0, description="Throughput the service must at least reach")
+    target_rps: float = Field(500, gt=0, description="Expected traffic")
+    peak_rps: float = Field(1000, gt=0, description="Spike the service must absorb")
+    error_rate_target: float = Field(0.001, ge=0, le=1, description="Error-rate goal (0.1%)")
+    error_rate_max: float = Field(0.01, ge=0, le=1, description="Largest acceptable error rate (1%)")
+    cpu_max: float = Field(0.70, gt=0, le=1, description="Sustained CPU share")
+    memory_max: float = Field(0.80, gt=0, le=1, description="Sustained memory share")
+    db_connections_max: float = Field(0.80, gt=0, le=1, description="Share of the DB pool in use")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PerformanceTargets":
+        if not self.p50_ms <= self.p95_ms <= self.p99_ms <= self.max_ms:
+            raise ValueError("latency targets must satisfy p50 <= p95 <= p99 <= max")
+        if not self.min_rps <= self.target_rps <= self.peak_rps:
+            raise ValueError("throughput targets must satisfy min <= target <= peak")
+        if self.error_rate_target > self.error_rate_max:
+            raise ValueError("error_rate_target must not exceed error_rate_max")
+        return self
+
+
+class StagingEnvironment(Block):
+    """One deployment environment: where the app runs and everything that checks it."""
+
+    _block_type_name = "Staging Environment"
+    _block_type_slug = "architect-staging-environment"
+    _description = (
+        "An environment the staging-deploy flow can target: API URL, deploy target, registry, "
+        "database, Prometheus, Slack, performance targets and the leads who may sign off."
+    )
+
+    kind: Literal["sandbox", "staging"] = Field(
+        "staging", description="'sandbox' is the local one-machine environment; only it may skip sign-off"
+    )
+    app_repo: str = Field(description="Git URL or path of the app's source repository")
+    api_url: AnyHttpUrl = Field(description="Load-balanced HTTPS URL of the API, e.g. https://staging-api.example")
+    api_http_url: AnyHttpUrl | None = Field(
+        None, description="Plain-HTTP URL of the same load balancer; the smoke suite checks it redirects to HTTPS"
+    )
+    ca_bundle: str | None = Field(None, description="PEM file of the CA to trust for api_url; empty for the system store")
+    target: DockerTarget = Field(description="Where replicas run")
+    builder_docker_host: str = Field(
+        "unix:///var/run/docker.sock", description="Docker engine that builds, pushes and verifies images"
+    )
+    registry: ImageRegistry
+    database: PostgresDatabase
+    prometheus_url: AnyHttpUrl = Field(description="Prometheus base URL, e.g. http://127.0.0.1:9090")
+    slack: SlackChannel | None = Field(None, description="Where deploy notifications go; empty for none")
+    performance: PerformanceTargets = Field(default_factory=PerformanceTargets)
+    approvers: dict[Role, list[str]] = Field(
+        default_factory=dict, description="Who may sign off for each role (names as they type them)"
+    )
+    app_settings: dict[str, str] = Field(default_factory=dict, description="Non-secret app environment variables")
+    app_secrets: SecretDict = Field(
+        default_factory=lambda: SecretDict({}), description="Secret app environment variables (JWT_SECRET, ...)"
+    )
+    smoke_user: str = Field("smoke", description="User the smoke suite logs in as")
+    smoke_password: SecretStr = Field(description="Password of the smoke user")
+    allowed_origin: str = Field(
+        "https://dashboard.architect.localhost", description="An origin CORS must allow (the smoke suite checks it)"
+    )
+    rollout_timeout_s: float = Field(300, gt=0, le=3600, description="Deadline for a rollout or an undo")
+    health_timeout_s: float = Field(60, gt=0, le=3600, description="Deadline for the health gate")
+
+    @field_validator("approvers")
+    @classmethod
+    def _no_blank_approvers(cls, value: dict[Role, list[str]]) -> dict[Role, list[str]]:
+        for role, names in value.items():
+            if any(not name.strip() for name in names):
+                raise ValueError(f"approvers for {role.value} contain an empty name")
+        return value
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS verification for the API: the configured CA, never verification turned off."""
+        if self.ca_bundle:
+            return ssl.create_default_context(cafile=str(Path(self.ca_bundle).expanduser()))
+        return ssl.create_default_context()
+
+    def app_environment(self) -> dict[str, str]:
+        """Everything the app's processes get as environment (holds secrets: never log it)."""
+        env = dict(self.app_settings)
+        env.update({k: str(v) for k, v in self.app_secrets.get_secret_value().items()})
+        env["DATABASE_URL"] = self.database.app_database_url()
+        env["SMOKE_USER"] = self.smoke_user
+        env["SMOKE_PASSWORD"] = self.smoke_password.get_secret_value()
+        return env
+
+    def secret_values(self) -> list[str]:
+        """Every secret this environment holds, for redaction and for the tests that search for leaks."""
+        values = [self.database.password.get_secret_value(), self.smoke_password.get_secret_value()]
+        values += [str(v) for v in self.app_secrets.get_secret_value().values()]
+        if self.registry.password:
+            values.append(self.registry.password.get_secret_value())
+        if self.slack:
+            values.append(self.slack.bot_token.get_secret_value())
+        return [v for v in values if v]

@@ -1,0 +1,80 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) Getenv {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Host != "0.0.0.0" || c.Port != 8080 || c.Addr() != "0.0.0.0:8080" {
+		t.Errorf("listen defaults: %s", c.Addr())
+	}
+	if c.DatabaseMaxConns != 100 || c.DatabaseIdleConns != 10 {
+		t.Errorf("pool defaults %d/%d", c.DatabaseMaxConns, c.DatabaseIdleConns)
+	}
+	if c.SessionTimeout != time.Hour || c.CacheTTL != time.Hour || !c.SessionCookieSecure || !c.SessionCookieHTTPOnly {
+		t.Errorf("session defaults %+v", c)
+	}
+	if c.LoginRateLimit != 20 || c.LoginRateWindow != 5*time.Second {
+		t.Errorf("rate defaults %d %s", c.LoginRateLimit, c.LoginRateWindow)
+	}
+	if len(c.CORSAllowedOrigins) != 1 || c.CORSAllowedOrigins[0] != "https://dashboard.architect.localhost" {
+		t.Errorf("cors default %v", c.CORSAllowedOrigins)
+	}
+	if c.LogFormat != "json" {
+		t.Errorf("log format %q", c.LogFormat)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"HOST": "127.0.0.1", "PORT": "9000", "DEBUG": "true", "SESSION_COOKIE_SECURE": "false",
+		"CORS_ALLOWED_ORIGINS": "http://a.test/, http://b.test ,", "LOGIN_RATE_LIMIT": "3",
+		"LOGIN_RATE_WINDOW": "60", "SMOKE_USER": "smoke", "SMOKE_PASSWORD": "pw", "SHUTDOWN_DELAY": "2",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr() != "127.0.0.1:9000" || !c.Debug || c.SessionCookieSecure {
+		t.Errorf("overrides: %+v", c)
+	}
+	if strings.Join(c.CORSAllowedOrigins, "|") != "http://a.test|http://b.test" {
+		t.Errorf("cors %v", c.CORSAllowedOrigins)
+	}
+	if c.LoginRateLimit != 3 || c.LoginRateWindow != time.Minute || c.ShutdownDelay != 2*time.Second {
+		t.Errorf("rate %+v", c)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	_, err := Load(env(map[string]string{"PORT": "http", "DEBUG": "maybe", "SESSION_TIMEOUT": "0", "SMOKE_USER": "x", "DATABASE_MAX_CONNS": "0"}))
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, want := range []string{"PORT", "DEBUG", "SESSION_TIMEOUT", "SMOKE_USER", "DATABASE_MAX_CONNS"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestValidateServe(t *testing.T) {
+	c, _ := Load(env(nil))
+	if err := c.ValidateServe(); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") {
+		t.Errorf("want DATABASE_URL error, got %v", err)
+	}
+	c.Host = "not a host"
+	c.DatabaseURL = "postgres://x@y/z"
+	if err := c.ValidateServe(); err == nil || !strings.Contains(err.Error(), "HOST") {
+		t.Errorf("want HOST error, got %v", err)
+	}
+}

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS sessions;
+DROP TABLE IF EXISTS users;

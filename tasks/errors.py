@@ -1,0 +1,45 @@
+"""The pipeline's few named errors.
+
+Like Kopf's, they split into two kinds: a ``TemporaryError`` may go away if the same
+call is made again (a registry that is restarting, a rollout still progressing), a
+``PermanentError`` will not (a failed test, a crash-looping image). Tasks retry only
+temporary errors, and only where the call is idempotent. A failed gate carries its
+result so the flow and the rollback report can show what was seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DeployError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    def __init__(self, message: str, *, stage: str | None = None, result: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.stage = stage
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TemporaryError(DeployError):
+    """The outside system may answer differently if asked again."""
+
+
+class PermanentError(DeployError):
+    """Asking again will not help: the release, the input or the environment is wrong."""
+
+
+class InvalidInput(PermanentError):
+    """A parameter or block field failed validation; nothing was changed."""
+
+
+class GateFailed(PermanentError):
+    """A verification gate (health, smoke, load, metrics, sign-off) said no."""
+
+
+class RolloutFailed(PermanentError):
+    """The new revision never became available: crash loop, unhealthy, deadline."""

@@ -1,0 +1,159 @@
+"""Slack: one message per run, updated in place as stages pass, details in its thread.
+
+Slack must never fail or slow a deploy. Every call runs on a background thread with a short
+timeout; the flow only enqueues. A dead Slack costs the run at most the bounded wait in
+``close()``. Failures are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prefect.settings import PREFECT_UI_URL
+
+from blocks.slack import SlackChannel
+
+ICONS = {"pending": "⚪", "running": "🔄", "passed": "✅", "failed": "❌", "skipped": "➖", "waiting": "⏸️"}
+
+
+def flow_run_url(flow_run_id: str | None) -> str | None:
+    base = PREFECT_UI_URL.value()
+    if not base or not flow_run_id:
+        return None
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+@dataclass
+class _Stage:
+    name: str
+    status: str = "pending"
+    detail: str = ""
+    seconds: float | None = None
+
+
+@dataclass
+class RunNotifier:
+    """The run's Slack message. Methods return at once; sending happens in the background."""
+
+    slack: SlackChannel | None
+    title: str
+    run_url: str | None
+    logger: logging.Logger | logging.LoggerAdapter
+    stage_names: list[str]
+    outcome: str = "running"
+    _stages: dict[str, _Stage] = field(default_factory=dict)
+    _queue: "queue.Queue[tuple[str, str] | None]" = field(default_factory=queue.Queue)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _channel: str | None = None
+    _ts: str | None = None
+    sent: int = 0
+    failed: int = 0
+
+    def __post_init__(self) -> None:
+        self._stages = {name: _Stage(name) for name in self.stage_names}
+        self._thread = threading.Thread(target=self._drain, name="slack-notifier", daemon=True)
+        if self.slack is not None:
+            self._client = self.slack.get_client()
+            self._thread.start()
+
+    # -- what the flow calls -------------------------------------------------------------
+
+    def stage(self, name: str, status: str, detail: str = "", seconds: float | None = None) -> None:
+        with self._lock:
+            stage = self._stages.setdefault(name, _Stage(name))
+            stage.status, stage.detail = status, detail
+            if seconds is not None:
+                stage.seconds = seconds
+        self._enqueue("update", "")
+
+    @contextmanager
+    def running(self, name: str) -> Iterator[None]:
+        """Mark ``name`` running, then passed or failed (with the error), timing it."""
+        started = time.monotonic()
+        self.stage(name, "running")
+        try:
+            yield
+        except BaseException as exc:
+            self.stage(name, "failed", str(exc)[:300], seconds=time.monotonic() - started)
+            raise
+        self.stage(name, "passed", seconds=time.monotonic() - started)
+
+    def timings(self) -> dict[str, float]:
+        with self._lock:
+            return {s.name: round(s.seconds, 2) for s in self._stages.values() if s.seconds is not None}
+
+    def finish(self, outcome: str) -> None:
+        with self._lock:
+            self.outcome = outcome
+        self._enqueue("update", "")
+
+    def reply(self, text: str) -> None:
+        self._enqueue("reply", text)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Let queued messages go out, waiting at most ``timeout_s``."""
+        if self.slack is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self.logger.warning("Slack did not take the last messages within %.0f s; dropped", timeout_s)
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def render(self) -> str:
+        with self._lock:
+            lines = [f"*{self.title}* — {self.outcome}"]
+            for stage in self._stages.values():
+                suffix = f": {stage.detail}" if stage.detail else ""
+                lines.append(f"{ICONS.get(stage.status, '•')} {stage.name}{suffix}")
+        if self.run_url:
+            lines.append(f"<{self.run_url}|Open the run in Prefect>")
+        return "\n".join(lines)
+
+    # -- the background sender -----------------------------------------------------------
+
+    def _enqueue(self, kind: str, text: str) -> None:
+        if self.slack is not None:
+            self._queue.put((kind, text))
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            kind, text = item
+            # Updates render the latest state, so a backlog of them collapses into one.
+            if kind == "update" and self._next_is_update():
+                continue
+            self._send(kind, text)
+
+    def _next_is_update(self) -> bool:
+        with self._queue.mutex:
+            return bool(self._queue.queue) and self._queue.queue[0] is not None and self._queue.queue[0][0] == "update"
+
+    def _send(self, kind: str, text: str) -> None:
+        try:
+            if self._ts is None:
+                response = self._client.chat_postMessage(channel=self.slack.channel, text=self.render())
+                self._channel, self._ts = response["channel"], response["ts"]
+                self.logger.info("Slack: posted the run's message")
+                if kind == "update":
+                    self.sent += 1
+                    return
+            if kind == "update":
+                self._client.chat_update(channel=self._channel, ts=self._ts, text=self.render())
+                self.logger.info("Slack: updated the run's message")
+            else:
+                self._client.chat_postMessage(channel=self._channel, thread_ts=self._ts, text=text)
+                self.logger.info("Slack: replied in the run's thread")
+            self.sent += 1
+        except Exception as exc:  # a Slack failure is reported and dropped, never raised
+            self.failed += 1
+            self.logger.warning("Slack call failed (%s): %s", type(exc).__name__, str(exc)[:200])

@@ -1,0 +1,196 @@
+"""The health and smoke gates: against a fake app that breaks one behaviour at a time, and the sandbox."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from blocks.database import PostgresDatabase
+from blocks.docker_target import DockerTarget
+from blocks.environment import StagingEnvironment
+from blocks.registry import ImageRegistry
+from tasks.checks import Redactor, SMOKE_CHECKS, check_health, run_smoke_suite
+from tasks.models import Verdict
+from tests._fake_api import PASSWORD, FakeApi
+
+ALL_SMOKE = [name for name, _ in SMOKE_CHECKS] + ["security: certificate valid", "security: rate limiting"]
+
+# fault -> the one check it must fail
+BREAKS = {
+    "login_invalid_200": "auth: invalid credentials return 401",
+    "cookie_no_httponly": "auth: session cookie is HttpOnly, Secure, SameSite",
+    "logout_keeps_session": "auth: logout clears the session",
+    "pagination_ignores_limit": "events: list with pagination",
+    "event_delete_noop": "events: delete",
+    "resolve_500": "errors: resolve",
+    "aggregate_broken": "errors: aggregation",
+    "notification_read_noop": "notifications: mark as read",
+    "component_degraded": "health: all components healthy",
+    "no_metrics": "health: metrics endpoint responds",
+    "http_no_redirect": "security: HTTPS enforced",
+    "no_hsts": "security: HTTPS enforced",
+    "cors_reflect_any": "security: CORS refuses another origin",
+    "malformed_json_500": "security: input validation",
+    "sql_500": "security: SQL injection probes",
+    "xss_raw": "security: XSS probe comes back escaped",
+    "no_nosniff": "security: XSS probe comes back escaped",
+    "no_rate_limit": "security: rate limiting",
+}
+
+
+def environment_for(api: FakeApi, **overrides) -> StagingEnvironment:
+    fields = dict(
+        kind="sandbox", app_repo="/nonexistent", api_url=api.https_url, api_http_url=api.http_url,
+        ca_bundle=str(api.ca), target=DockerTarget(), registry=ImageRegistry(address="127.0.0.1:1"),
+        database=PostgresDatabase(password="db-secret-not-used"), prometheus_url="http://127.0.0.1:1",
+        smoke_password=PASSWORD,
+    )
+    return StagingEnvironment(**(fields | overrides))
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    api = FakeApi(tmp_path_factory.mktemp("tls"))
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def api(fake):
+    fake.app.reset()
+    return fake
+
+
+def verdicts(report) -> dict[str, Verdict]:
+    return {c.name: c.verdict for c in report.checks}
+
+
+def assert_no_secrets(report, *secrets: str) -> None:
+    dumped = report.model_dump_json()
+    for secret in secrets:
+        assert secret not in dumped
+
+
+def test_good_app_passes_every_check(api):
+    report = run_smoke_suite.fn(environment_for(api))
+    assert sorted(verdicts(report)) == sorted(ALL_SMOKE) and len(report.checks) == len(ALL_SMOKE)
+    assert report.verdict == Verdict.PASS, report.summary()
+    assert report.checks[-1].name == "security: rate limiting"  # last, so later gates are not throttled
+    assert "Retry-After 1" in report.checks[-1].detail
+    login = report.checks[0]
+    assert login.request.startswith("POST /api/v1/auth/login")
+    assert_no_secrets(report, PASSWORD, *api.app.sessions)
+    # the suite cleans up its events (the fake keeps nothing but the deleted ones' absence)
+    assert api.app.events == {}
+
+
+@pytest.mark.parametrize("fault", sorted(BREAKS))
+def test_each_broken_behaviour_fails_exactly_its_check(api, fault):
+    api.app.faults.add(fault)
+    report = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
+    failed = [c for c in report.checks if c.verdict != Verdict.PASS]
+    assert [c.name for c in failed] == [BREAKS[fault]], report.summary()
+    assert report.verdict == Verdict.FAIL
+    assert failed[0].detail and failed[0].request  # says why, and what was asked
+    assert_no_secrets(report, PASSWORD, *api.app.sessions)
+
+
+def test_failure_shows_status_and_body_excerpt(api):
+    api.app.faults.add("resolve_500")
+    check = next(c for c in run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0).checks
+                 if c.name == "errors: resolve")
+    assert check.response.startswith("500 ") and '"internal"' in check.response
+    assert "POST /api/v1/errors/" in check.request and check.request.endswith("/resolve")
+
+
+def test_certificate_near_expiry_fails_only_that_check(tmp_path):
+    api = FakeApi(tmp_path, cert_days=5)
+    try:
+        report = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
+    finally:
+        api.close()
+    failed = [c for c in report.checks if c.verdict != Verdict.PASS]
+    assert [c.name for c in failed] == ["security: certificate valid"]
+    assert "expires in 4." in failed[0].detail or "expires in 5." in failed[0].detail
+
+
+def test_untrusted_certificate_fails_https_checks_without_crashing(api, tmp_path):
+    from tests._fake_api import make_tls
+
+    other_ca, _, _ = make_tls(tmp_path)  # a CA that did not sign the server's certificate
+    report = run_smoke_suite.fn(environment_for(api, ca_bundle=str(other_ca)), rate_limit_wait_max_s=0)
+    assert len(report.checks) == len(ALL_SMOKE)  # every check reported, none hidden by the first failure
+    cert = next(c for c in report.checks if c.name == "security: certificate valid")
+    assert cert.verdict == Verdict.FAIL and "certificate verify failed" in cert.detail.lower()
+
+
+def test_https_redirect_without_http_url_on_custom_port_fails_with_reason(api):
+    report = run_smoke_suite.fn(environment_for(api, api_http_url=None), rate_limit_wait_max_s=0)
+    check = next(c for c in report.checks if c.name == "security: HTTPS enforced")
+    assert check.verdict == Verdict.FAIL and "api_http_url" in check.detail
+
+
+def test_redactor_hides_every_secret():
+    redact = Redactor(["hunter2", "", "tok123"])
+    assert redact('{"password":"hunter2","session":"tok123"}') == '{"password":"***","session":"***"}'
+
+
+# --------------------------------------------------------------------------- health gate
+
+
+def test_health_passes_for_healthy_replicas_and_balancer(api):
+    report = check_health.fn(environment_for(api), [api.replica_url], deadline_s=5)
+    assert verdicts(report) == {f"replica {api.replica_url}": Verdict.PASS,
+                                f"load balancer {api.https_url}/": Verdict.PASS}
+
+
+def test_health_fails_an_unhealthy_replica_after_the_deadline(api):
+    api.app.faults.add("replica_unhealthy")
+    report = check_health.fn(environment_for(api), [api.replica_url], deadline_s=1.5)
+    replica = report.checks[0]
+    assert replica.verdict == Verdict.FAIL and "503" in replica.detail
+    assert "attempt" in replica.detail and replica.response.startswith("503 ")
+    assert report.checks[1].verdict == Verdict.PASS  # the balancer (TLS) side is healthy
+
+
+def test_health_waits_for_a_restarting_replica(api):
+    api.app.faults.add("replica_unhealthy")
+    threading.Timer(1.2, api.app.faults.discard, args=("replica_unhealthy",)).start()
+    report = check_health.fn(environment_for(api), [api.replica_url], deadline_s=10)
+    assert report.verdict == Verdict.PASS
+    assert "attempt 1)" not in report.checks[0].detail  # it took more than one look
+
+
+def test_health_fails_an_unreachable_replica(api):
+    report = check_health.fn(environment_for(api), ["http://127.0.0.1:9"], deadline_s=0.5)
+    assert report.checks[0].verdict == Verdict.FAIL and "ConnectError" in report.checks[0].detail
+
+
+def test_health_component_degraded_fails(api):
+    api.app.faults.add("component_degraded")
+    report = check_health.fn(environment_for(api), [api.replica_url], deadline_s=0.5)
+    assert all(c.verdict == Verdict.FAIL and "cache" in c.detail for c in report.checks)
+
+
+# --------------------------------------------------------------------------- the real sandbox
+
+
+@pytest.fixture
+def sandbox_env() -> StagingEnvironment:
+    from blocks.sandbox_environment import sandbox_environment
+    from sandbox import config
+
+    return sandbox_environment(config.load_secrets())
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("deployed_good_release")
+def test_sandbox_good_release_passes_health_and_smoke(sandbox_env):
+    urls = sandbox_env.target.replica_urls()
+    health = check_health.fn(sandbox_env, urls, deadline_s=30)
+    assert health.verdict == Verdict.PASS, health.summary()
+    report = run_smoke_suite.fn(sandbox_env)
+    assert report.verdict == Verdict.PASS, report.summary()
+    assert sorted(c.name for c in report.checks) == sorted(ALL_SMOKE)
+    assert_no_secrets(report, *sandbox_env.secret_values())
