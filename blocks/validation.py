@@ -1,7 +1,8 @@
 """Field validators shared by blocks and flow parameters.
 
 Each raises ValueError with a message that says what was expected; pydantic names the field.
-Values reach git, docker and Kubernetes as arguments, so the patterns are strict allow-lists.
+Values reach git, docker and Kubernetes as arguments, so the patterns are strict allow-lists,
+always applied with fullmatch: re's '$' also matches before a trailing newline.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ def _checked_length(value: str) -> str:
 
 def check_semver(value: str) -> str:
     _checked_length(value)
-    if not SEMVER.match(value):
+    if not SEMVER.fullmatch(value):
         raise ValueError(f"{value!r} is not a semantic version such as 3.2.0 or 3.2.1-rc.1")
     return value
 
 
 def check_git_ref(value: str) -> str:
     _checked_length(value)
-    if not GIT_REF.match(value):
+    if not GIT_REF.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a plain git branch, tag or commit "
             "(letters, digits, '.', '_', '-', '/'; no leading '-', no '..')"
@@ -49,12 +50,12 @@ def check_git_ref(value: str) -> str:
 
 
 def check_name(value: str) -> str:
-    if not NAME.match(value):
+    if not NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a lowercase name (a-z, 0-9, '-', at most 63 characters)")
     return value
 
 
 def check_host_port(value: str) -> str:
-    if not HOST_PORT.match(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
+    if not HOST_PORT.fullmatch(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
         raise ValueError(f"{value!r} is not host:port")
     return value

@@ -37,6 +37,7 @@ class Daemon:
     start_timeout: float = 30.0
     stop_grace: float = 15.0
     _changed: bool = field(default=False, repr=False)
+    _kicked: bool = field(default=False, repr=False)
 
     def running(self) -> int | None:
         return procs.running(self.name, self.expect)
@@ -52,6 +53,8 @@ class Daemon:
         self._changed = self.prepare() or self._changed
         if self.running() is None and not self.healthy():
             self._spawn()
+            self._kicked = True
+            self._changed = False   # a fresh process reads the current config anyway
 
     def _spawn(self) -> None:
         procs.ensure_ports_free(self.name, self.ports)
@@ -61,7 +64,10 @@ class Daemon:
     def ensure(self) -> str:
         """Make it healthy; returns what was done. Never restarts a healthy process."""
         self._changed = self.prepare() or self._changed
+        kicked, self._kicked = self._kicked, False
         if self.healthy():
+            if kicked:
+                return "started"
             if self._changed and self.refresh and self.running():
                 self.refresh()
                 self._changed = False
@@ -71,6 +77,7 @@ class Daemon:
         action = "started"
         if self.running() is None:
             self._spawn()
+            self._changed = False
         if not procs.wait_for(self.healthy, self.start_timeout, interval=0.25):
             if self.running() is not None:
                 # Alive but never became healthy: one clean restart.
@@ -82,6 +89,8 @@ class Daemon:
                     return action
             raise SandboxError(f"{self.name} is not healthy ({self.check()[1]}); "
                                f"log {procs.log_file(self.name)}:\n{procs.log_tail(self.name)}")
+        if self._changed and self.refresh:
+            self.refresh()   # it was already starting with an older config
         self._changed = False
         return action
 

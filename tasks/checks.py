@@ -191,7 +191,10 @@ class SmokeSession:
         return httpx.Client(base_url=base_url or self.base, verify=self.verify, timeout=10.0, event_hooks=hooks)
 
     def _on_request(self, request: httpx.Request) -> None:
-        self.requests.append(f"{request.method} {request.url.raw_path.decode()}")
+        where = request.url.raw_path.decode()
+        if not str(request.url).startswith(self.base):  # another listener (the plain-HTTP port): say which
+            where = f"{request.url.scheme}://{request.url.netloc.decode()}{where}"
+        self.requests.append(f"{request.method} {where}")
 
     def _on_response(self, response: httpx.Response) -> None:
         self.last = response
@@ -354,11 +357,11 @@ def _error_create(s: SmokeSession) -> str:
 
 @smoke("errors: list")
 def _error_list(s: SmokeSession) -> str:
-    s.known("error", lambda: _report_error(s, f"smoke-{s.tag}", "smoke probe"))
-    body = body_json(expect(s.session().get("/api/v1/errors"), 200))
-    if not items_of(body):
-        raise CheckFailed("error list is empty right after reporting one")
-    return f"{len(items_of(body))} items"
+    error_id = s.known("error", lambda: _report_error(s, f"smoke-{s.tag}", "smoke probe"))
+    body = body_json(expect(s.session().get("/api/v1/errors", params={"limit": 100}), 200))
+    if error_id not in {str(e.get("id")) for e in items_of(body)}:  # newest first: ours is on page one
+        raise CheckFailed(f"error {error_id} is not in the newest {len(items_of(body))} of the list")
+    return f"listed among {body.get('total', '?')}"
 
 
 @smoke("errors: resolve")
@@ -514,23 +517,31 @@ def _certificate(s: SmokeSession, min_days: float) -> str:
     return f"chain and hostname verify; CN={subject.get('commonName', '?')}; {days:.0f} days left"
 
 
+def _preflight(s: SmokeSession, origin: str) -> httpx.Response:
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    return s.client.options("/api/v1/events", headers=headers)
+
+
 @smoke("security: CORS allows the configured origin")
 def _cors_allowed(s: SmokeSession) -> str:
     origin = s.env.allowed_origin
-    response = expect(s.session().get("/api/v1/auth/me", headers={"Origin": origin}), 200)
-    acao = response.headers.get("access-control-allow-origin")
-    if acao != origin:
-        raise CheckFailed(f"Access-Control-Allow-Origin is {acao!r}, expected {origin!r}")
-    return f"ACAO echoes {origin}"
+    simple = expect(s.session().get("/api/v1/auth/me", headers={"Origin": origin}), 200)
+    preflight = expect(_preflight(s, origin), 200, 204)
+    for kind, response in (("request", simple), ("preflight", preflight)):
+        acao = response.headers.get("access-control-allow-origin")
+        if acao != origin:
+            raise CheckFailed(f"{kind}: Access-Control-Allow-Origin is {acao!r}, expected {origin!r}")
+    return f"ACAO echoes {origin} on requests and preflights"
 
 
 @smoke("security: CORS refuses another origin")
 def _cors_refused(s: SmokeSession) -> str:
-    response = s.session().get("/api/v1/auth/me", headers={"Origin": EVIL_ORIGIN})
-    acao = response.headers.get("access-control-allow-origin")
-    if acao is not None:
-        raise CheckFailed(f"Access-Control-Allow-Origin is {acao!r} for {EVIL_ORIGIN}")
-    return f"no ACAO for {EVIL_ORIGIN}"
+    for kind, response in (("request", s.session().get("/api/v1/auth/me", headers={"Origin": EVIL_ORIGIN})),
+                           ("preflight", _preflight(s, EVIL_ORIGIN))):
+        acao = response.headers.get("access-control-allow-origin")
+        if acao is not None or response.status_code >= 500:
+            raise CheckFailed(f"{kind}: {response.status_code}, Access-Control-Allow-Origin {acao!r} for {EVIL_ORIGIN}")
+    return f"no ACAO for {EVIL_ORIGIN} on requests or preflights"
 
 
 @smoke("security: input validation")
@@ -555,7 +566,7 @@ def _sql_injection(s: SmokeSession) -> str:
     probes = [
         client.post("/api/v1/events", json={"type": SQL_PROBE, "source": f"smoke-{s.tag}", "payload": {}}),
         client.get("/api/v1/events", params={"limit": "1;DROP TABLE events"}),
-        client.get("/api/v1/events", params={"type": SQL_PROBE, "limit": 1}),
+        client.get("/api/v1/events", params={"severity": SQL_PROBE, "type": SQL_PROBE, "limit": 1}),
         client.get(f"/api/v1/events/{SQL_PROBE}"),
     ]
     for response in probes:
@@ -596,7 +607,7 @@ def _rate_limit(s: SmokeSession, attempts: int, wait_max_s: float) -> str:
     deadline = time.monotonic() + 60
     body = {"username": f"smoke-ratelimit-{s.tag}", "password": "not-the-password"}
     with s.new_client() as anon:
-        for sent in range(1, attempts + 1):
+        for sent in range(1, max(attempts, 1) + 1):
             response = anon.post("/api/v1/auth/login", json=body)
             if response.status_code == 429 or response.status_code >= 500 or time.monotonic() > deadline:
                 break

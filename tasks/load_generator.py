@@ -24,6 +24,7 @@ and abandons what is still in flight ``timeout_s`` later; the parent kills strag
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import math
 import multiprocessing
@@ -42,6 +43,7 @@ from yarl import URL
 PER_PROCESS_RPS = 1500  # one aiohttp process holds this with p99 lag well under a millisecond or two
 BUCKET_GROWTH = 1.005  # histogram buckets 0.5% wide: percentiles are right within 0.5%
 SETUP_TIMEOUT_S = 30.0
+MAX_IN_FLIGHT = 20_000  # per process: a bound on memory whatever the rate
 
 
 class LatencyHistogram:
@@ -186,6 +188,7 @@ class ProcessResult:
     timeline: dict[int, LatencyHistogram] = field(default_factory=dict)
     timeline_errors: Counter = field(default_factory=Counter)
     cpu_share: float = 0.0
+    cpu_wait_share: float = 0.0  # time runnable but waiting for a CPU: other processes crowding the machine
 
 
 class _Worker:
@@ -245,7 +248,7 @@ class _Worker:
         in_flight: set[asyncio.Task] = set()
         loop = asyncio.get_running_loop()
         # The most a responsive-or-timing-out service can hold open; more means the generator is behind.
-        cap = max(2 * self.c.connections, math.ceil(rate / self.nprocs * self.c.timeout_s))
+        cap = min(MAX_IN_FLIGHT, max(2 * self.c.connections, math.ceil(rate / self.nprocs * self.c.timeout_s)))
         cpu0 = wall0 = None
         for n, i in enumerate(range(self.index, total, self.nprocs)):
             due = t0 + i / rate
@@ -259,7 +262,7 @@ class _Worker:
                     await asyncio.sleep(0.001)
                 now = time.monotonic()
             if cpu0 is None and now >= self.w0:
-                cpu0, wall0 = time.process_time(), now
+                cpu0, wall0, wait0 = time.process_time(), now, _run_queue_wait()
             if now > late:
                 r.unsent += sum(1 for j in range(i, total, self.nprocs) if t0 + j / rate >= self.w0)
                 break
@@ -270,6 +273,7 @@ class _Worker:
         if cpu0 is not None:
             wall = time.monotonic() - wall0
             r.cpu_share = (time.process_time() - cpu0) / wall if wall > 0.05 else 0.0
+            r.cpu_wait_share = (_run_queue_wait() - wait0) / wall if wall > 0.05 else 0.0
         if in_flight:
             done, pending = await asyncio.wait(in_flight, timeout=self.c.timeout_s + 1.0)
             for task in pending:  # cannot happen with aiohttp's own timeout; a bound all the same
@@ -314,6 +318,15 @@ class _Worker:
             self.r.ok += 1
 
 
+def _run_queue_wait() -> float:
+    """Seconds this thread has spent runnable but not running (Linux schedstat; 0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _process_main(conn, config: GeneratorConfig, profile: LoadProfile, index: int, nprocs: int) -> None:
     import aiohttp
     import uvloop
@@ -324,7 +337,11 @@ def _process_main(conn, config: GeneratorConfig, profile: LoadProfile, index: in
             await asyncio.wait_for(worker.setup(aiohttp), SETUP_TIMEOUT_S)
         except Exception as exc:  # report, don't hang the parent
             conn.send(("error", f"{type(exc).__name__}: {exc}"[:300]))
+            if getattr(worker, "session", None):
+                await worker.session.close()
             return
+        gc.collect()
+        gc.freeze()  # setup's objects never need scanning again: shorter collector pauses in the window
         conn.send(("ready", None))
         if not conn.poll(SETUP_TIMEOUT_S):
             return
@@ -454,13 +471,14 @@ def merge(profile: LoadProfile, results: list[ProcessResult], config: GeneratorC
         for slot, h in r.timeline.items():
             timeline.setdefault(slot, LatencyHistogram()).merge(h)
         tag = f"{profile.name}: generator process {r.index}"
+        busy = f" (it waited for a CPU {r.cpu_wait_share:.0%} of the time)" if r.cpu_wait_share > 0.05 else ""
         if r.cpu_share > config.max_cpu_share:
             saturation.append(f"{tag} used {r.cpu_share:.0%} of a core (limit {config.max_cpu_share:.0%})")
         due = r.due + r.unsent
         if due and r.sent / due < config.min_send_ratio:
-            saturation.append(f"{tag} sent {r.sent} of {due} due requests on time ({r.sent / due:.0%})")
+            saturation.append(f"{tag} sent {r.sent} of {due} due requests on time ({r.sent / due:.0%}){busy}")
         lag_p99 = r.lag.percentile(99) * 1000
         if r.lag.total and lag_p99 > config.max_send_lag_ms:
-            saturation.append(f"{tag} p99 send lag {lag_p99:.1f} ms (limit {config.max_send_lag_ms:g} ms)")
+            saturation.append(f"{tag} p99 send lag {lag_p99:.1f} ms (limit {config.max_send_lag_ms:g} ms){busy}")
     return ProfileRun(profile, results, latency, lag, errors, by_endpoint, endpoint_errors, timeline,
                       timeline_errors, saturation, config.slot_s)

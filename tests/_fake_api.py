@@ -30,7 +30,7 @@ FAULTS = {
     "login_invalid_200", "cookie_no_httponly", "logout_keeps_session", "pagination_ignores_limit",
     "event_delete_noop", "resolve_500", "aggregate_broken", "notification_read_noop", "component_degraded",
     "no_metrics", "http_no_redirect", "no_hsts", "cors_reflect_any", "malformed_json_500", "sql_500",
-    "xss_raw", "no_nosniff", "no_rate_limit", "replica_unhealthy",
+    "xss_raw", "no_nosniff", "no_rate_limit", "replica_unhealthy", "login_500_echo",
 }
 
 
@@ -86,6 +86,7 @@ class App:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # header and body go out in two writes
     server: "Server"
 
     def log_message(self, *args) -> None:  # keep pytest output clean
@@ -132,6 +133,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self): self.route("POST")
     def do_DELETE(self): self.route("DELETE")
 
+    def do_OPTIONS(self):
+        origin = self.headers.get("Origin", "")
+        allowed = origin == ALLOWED_ORIGIN or "cors_reflect_any" in self.app.faults
+        self.send(204 if allowed else 403, None if allowed else {"error": "origin not allowed"})
+
     def route(self, method: str) -> None:
         if self.server.redirect:
             if "http_no_redirect" in self.app.faults:
@@ -167,6 +173,8 @@ class Handler(BaseHTTPRequestHandler):
             if len(app.logins) >= 20 and "no_rate_limit" not in faults:
                 return self.send(429, {"error": "too many attempts"}, {"Retry-After": "1"})
             app.logins.append(now)
+            if "login_500_echo" in faults:  # a careless error page that echoes the request
+                return self.send(500, {"error": "internal", "request": body})
             good = body.get("username") == USER and body.get("password") == PASSWORD
             if not good and "login_invalid_200" not in faults:
                 return self.send(401, {"error": "invalid credentials"})
@@ -282,7 +290,7 @@ class FakeApi:
         self.https_url = f"https://localhost:{ports[0]}"
         self.replica_url = f"http://127.0.0.1:{ports[1]}"
         self.http_url = f"http://localhost:{ports[2]}"
-        self.threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in self.servers]
+        self.threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True) for s in self.servers]
         for t in self.threads:
             t.start()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -93,6 +94,8 @@ def test_each_broken_behaviour_fails_exactly_its_check(api, fault):
     assert [c.name for c in failed] == [BREAKS[fault]], report.summary()
     assert report.verdict == Verdict.FAIL
     assert failed[0].detail and failed[0].request  # says why, and what was asked
+    if fault == "http_no_redirect":
+        assert f"GET {api.http_url}/health" in failed[0].request  # the plain-HTTP port is named
     assert_no_secrets(report, PASSWORD, *api.app.sessions)
 
 
@@ -102,6 +105,18 @@ def test_failure_shows_status_and_body_excerpt(api):
                  if c.name == "errors: resolve")
     assert check.response.startswith("500 ") and '"internal"' in check.response
     assert "POST /api/v1/errors/" in check.request and check.request.endswith("/resolve")
+
+
+def test_broken_login_fails_what_needs_a_session_and_redacts_the_echoed_password(api):
+    api.app.faults.add("login_500_echo")
+    report = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
+    login = report.checks[0]
+    assert login.verdict == Verdict.FAIL and login.response.startswith("500 ") and "***" in login.response
+    assert_no_secrets(report, PASSWORD)
+    # checks that need no session still run and pass: one failure hides nothing else
+    assert verdicts(report)["errors: create without auth"] == Verdict.PASS
+    assert verdicts(report)["health: returns 200"] == Verdict.PASS
+    assert "no session" in next(c.detail for c in report.checks if c.name == "events: get one")
 
 
 def test_certificate_near_expiry_fails_only_that_check(tmp_path):
@@ -176,14 +191,6 @@ def test_health_component_degraded_fails(api):
 # --------------------------------------------------------------------------- the real sandbox
 
 
-@pytest.fixture
-def sandbox_env() -> StagingEnvironment:
-    from blocks.sandbox_environment import sandbox_environment
-    from sandbox import config
-
-    return sandbox_environment(config.load_secrets())
-
-
 @pytest.mark.sandbox
 @pytest.mark.usefixtures("deployed_good_release")
 def test_sandbox_good_release_passes_health_and_smoke(sandbox_env):
@@ -194,3 +201,30 @@ def test_sandbox_good_release_passes_health_and_smoke(sandbox_env):
     assert report.verdict == Verdict.PASS, report.summary()
     assert sorted(c.name for c in report.checks) == sorted(ALL_SMOKE)
     assert_no_secrets(report, *sandbox_env.secret_values())
+
+
+@pytest.mark.sandbox
+def test_smoke_and_health_tasks_publish_table_artifacts(api, sandbox_up):
+    """As real Prefect tasks in a flow (the sandbox's Prefect server): one table per gate, no secrets."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    @flow
+    def gates():
+        env = environment_for(api)
+        return check_health(env, [api.replica_url], deadline_s=5), run_smoke_suite(env, rate_limit_wait_max_s=0)
+
+    state = gates(return_state=True)
+    health, smoke = state.result()
+    assert health.verdict == Verdict.PASS and smoke.verdict == Verdict.PASS
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == {"health-gate", "smoke-gate"}
+    rows = by_key["smoke-gate"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert [r["name"] for r in rows] == [c.name for c in smoke.checks]
+    assert set(rows[0]) == {"name", "verdict", "request", "detail", "response"}
+    assert PASSWORD not in json.dumps(rows)

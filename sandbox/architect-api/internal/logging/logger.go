@@ -58,7 +58,7 @@ type Fields map[string]interface{}
 
 // Logger writes log lines to a writer. It is safe for concurrent use.
 type Logger struct {
-	mu     sync.Mutex
+	mu     *sync.Mutex // shared with children made by With
 	out    io.Writer
 	level  Level
 	text   bool
@@ -69,7 +69,7 @@ type Logger struct {
 // New returns a logger writing to out. format "text" gives key=value lines,
 // anything else JSON.
 func New(out io.Writer, level Level, format string) *Logger {
-	return &Logger{out: out, level: level, text: strings.EqualFold(format, "text"), now: time.Now}
+	return &Logger{mu: &sync.Mutex{}, out: out, level: level, text: strings.EqualFold(format, "text"), now: time.Now}
 }
 
 // Default logs JSON at info level to stdout.
@@ -87,7 +87,7 @@ func (l *Logger) With(f Fields) *Logger {
 	for k, v := range f {
 		merged[k] = v
 	}
-	return &Logger{out: l.out, level: l.level, text: l.text, fields: merged, now: l.now}
+	return &Logger{mu: l.mu, out: l.out, level: l.level, text: l.text, fields: merged, now: l.now}
 }
 
 // Enabled reports whether lines of this level are written.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"testing/fstest"
 
@@ -12,21 +13,14 @@ import (
 )
 
 // TestAgainstDatabase needs TEST_DATABASE_URL pointing at a scratch database
-// (its public schema is dropped and recreated).
+// (it works in its own schema, dropped and recreated).
 func TestAgainstDatabase(t *testing.T) {
 	dsn := os.Getenv("TEST_DATABASE_URL")
 	if dsn == "" {
 		t.Skip("TEST_DATABASE_URL not set")
 	}
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := scratchSchema(t, dsn, "architect_migrate_test")
 	ctx := context.Background()
-	if _, err := db.Exec(`DROP SCHEMA public CASCADE; CREATE SCHEMA public`); err != nil {
-		t.Fatal(err)
-	}
 	ms, err := Parse(fstest.MapFS{
 		"001_a.up.sql":   file("CREATE TABLE a (id int); INSERT INTO a VALUES (1);"),
 		"001_a.down.sql": file("DROP TABLE a;"),
@@ -60,4 +54,34 @@ func TestAgainstDatabase(t *testing.T) {
 	if v, err := CurrentVersion(ctx, db); err != nil || v != 0 {
 		t.Fatalf("current %d %v", v, err)
 	}
+}
+
+// scratchSchema recreates schema and returns a handle whose search_path is it,
+// so parallel test packages do not collide.
+func scratchSchema(t *testing.T, dsn, schema string) *sql.DB {
+	t.Helper()
+	admin, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE; CREATE SCHEMA ` + schema); err != nil {
+		t.Fatal(err)
+	}
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	db, err := sql.Open("postgres", dsn+sep+"search_path="+schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		db.Close()
+		if a, err := sql.Open("postgres", dsn); err == nil {
+			a.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE`)
+			a.Close()
+		}
+	})
+	return db
 }

@@ -23,13 +23,13 @@ type fakeServer struct {
 	commands []string
 }
 
-func startFake(t *testing.T) *fakeServer {
+func startFake(t *testing.T, password string) *fakeServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeServer{ln: ln, data: map[string]string{}, ttl: map[string]int64{}}
+	f := &fakeServer{ln: ln, data: map[string]string{}, ttl: map[string]int64{}, password: password}
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -158,7 +158,7 @@ func TestParseURL(t *testing.T) {
 }
 
 func TestCommands(t *testing.T) {
-	f := startFake(t)
+	f := startFake(t, "")
 	c := New(Options{Addr: f.ln.Addr().String(), DB: 3})
 	defer c.Close()
 	ctx := context.Background()
@@ -227,8 +227,7 @@ func TestCommands(t *testing.T) {
 }
 
 func TestAuthAndProtocolErrors(t *testing.T) {
-	f := startFake(t)
-	f.password = "secret"
+	f := startFake(t, "secret")
 	ctx := context.Background()
 	bad := New(Options{Addr: f.ln.Addr().String(), Password: "wrong"})
 	if err := bad.Ping(ctx); err == nil {

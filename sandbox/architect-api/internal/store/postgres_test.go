@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,20 +14,13 @@ import (
 )
 
 // TestPostgresStore needs TEST_DATABASE_URL pointing at a scratch database
-// (its public schema is dropped and recreated).
+// (it works in its own schema, dropped and recreated).
 func TestPostgresStore(t *testing.T) {
 	dsn := os.Getenv("TEST_DATABASE_URL")
 	if dsn == "" {
 		t.Skip("TEST_DATABASE_URL not set")
 	}
-	db, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`DROP SCHEMA public CASCADE; CREATE SCHEMA public`); err != nil {
-		t.Fatal(err)
-	}
+	db := scratchSchema(t, dsn, "architect_store_test")
 	ms, err := migrate.Parse(migrations.FS)
 	if err != nil {
 		t.Fatal(err)
@@ -41,4 +35,34 @@ func TestPostgresStore(t *testing.T) {
 	if queries == 0 {
 		t.Error("Observe never called")
 	}
+}
+
+// scratchSchema recreates schema and returns a handle whose search_path is it,
+// so parallel test packages do not collide.
+func scratchSchema(t *testing.T, dsn, schema string) *sql.DB {
+	t.Helper()
+	admin, err := sql.Open("postgres", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE; CREATE SCHEMA ` + schema); err != nil {
+		t.Fatal(err)
+	}
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	db, err := sql.Open("postgres", dsn+sep+"search_path="+schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		db.Close()
+		if a, err := sql.Open("postgres", dsn); err == nil {
+			a.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE`)
+			a.Close()
+		}
+	})
+	return db
 }

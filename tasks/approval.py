@@ -1,0 +1,447 @@
+"""Sign-off by the four leads: the run pauses until engineering, devops, security and product approve.
+
+Each lead resumes the paused run with a typed form: the Prefect UI's Resume dialog, or
+``architect-signoff sign`` from a terminal. The server checks the form's types; this module
+checks who signs (the environment's approvers, each role once, one role per person). A refused
+sign-off is logged and told in Slack, and the run pauses again under a new key. A rejection or
+the timeout ends the wait with ``GateFailed`` and the flow rolls back.
+
+Before every pause the flow saves a ledger (what is signed, what is missing, who may sign) as a
+flow run input keyed by that pause. It lives and dies with the run, a stale one can never be
+read for a newer pause, and the CLI validates against exactly what the flow will check.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+from enum import StrEnum
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.context import get_run_context
+from prefect.exceptions import FlowPauseTimeout, ObjectNotFound, PrefectHTTPStatusError
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput, create_flow_run_input
+from prefect.settings import PREFECT_UI_URL
+from prefect.states import Running
+from pydantic import BaseModel, Field
+
+from blocks.environment import Role, StagingEnvironment
+from tasks.errors import GateFailed, InvalidInput
+from tasks.models import BuildResult, GateReport, utcnow
+from tasks.notify import RunNotifier
+
+STAGE = "sign-off"
+ARTIFACT_KEY = "sign-off"
+LEDGER_PREFIX = "sign-off-ledger"
+POLL_INTERVAL_S = 1  # how soon a resume is noticed; Prefect's default of 10 s feels broken in the UI
+REMINDERS = (0.5, 0.9)  # fractions of the timeout at which Slack is reminded
+TITLES = {Role.ENGINEERING: "Engineering Lead", Role.DEVOPS: "DevOps Lead",
+          Role.SECURITY: "Security Lead", Role.PRODUCT: "Product Lead"}
+
+
+class Decision(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+
+
+class SignOffInput(RunInput):
+    """The form a lead fills to sign a release off (rendered by the Prefect UI on Resume)."""
+
+    role: Role = Field(description="The role you sign for")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$",
+                      description="Your name, as the environment's approvers list it")
+    decision: Decision = Field(description="approve, or reject to roll the release back")
+    notes: str = Field("", max_length=2000, description="What you checked, or why you reject")
+
+
+class SignOff(BaseModel):
+    """One accepted sign-off."""
+
+    role: Role
+    name: str
+    decision: Decision
+    notes: str = ""
+    signed_at: datetime = Field(default_factory=utcnow)
+
+
+class GateSummary(BaseModel):
+    """One gate as the leads see it: verdict, summary and a link to its report."""
+
+    stage: str
+    verdict: str
+    summary: str
+    link: str | None = None
+
+    @classmethod
+    def of(cls, gate: "GateSummary | GateReport") -> "GateSummary":
+        if isinstance(gate, GateSummary):
+            return gate
+        return cls(stage=gate.stage, verdict=str(gate.verdict), summary=gate.summary())
+
+
+class Ledger(BaseModel):
+    """What a paused run waits for; saved before every pause for the CLI (and the curious)."""
+
+    flow_run_id: UUID
+    pause_key: str
+    environment: str
+    version: str
+    commit: str
+    digest: str
+    approvers: dict[Role, list[str]]
+    signed: list[SignOff] = Field(default_factory=list)
+    deadline: datetime
+
+    @property
+    def missing(self) -> list[Role]:
+        done = {s.role for s in self.signed}
+        return [role for role in Role if role not in done]
+
+
+class SignOffRecord(BaseModel):
+    """The outcome of the sign-off and the filled sign-off document."""
+
+    environment: str
+    environment_kind: str
+    version: str
+    commit: str
+    digest: str
+    outcome: str = Field(description="approved, rejected, timed out")
+    reason: str = ""
+    signoffs: list[SignOff] = Field(default_factory=list)
+    refused: list[str] = Field(default_factory=list)
+    gates: list[GateSummary] = Field(default_factory=list)
+    figures: dict[str, str] = Field(default_factory=dict)
+    finished_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def approved(self) -> bool:
+        return self.outcome == "approved"
+
+    def document(self) -> str:
+        """The guide's sign-off template, filled, then what it was signed against."""
+        by_role = {s.role: s for s in self.signoffs}
+        lines = [f"Deployment Sign-Off: Architect Dashboard API v{self.version}",
+                 f"Date: {self.finished_at:%Y-%m-%d}",
+                 f"Environment: {self.environment_kind.title()} ({self.environment})", ""]
+        for role in Role:
+            s = by_role.get(role)
+            signed = f"{s.name}  Date: {s.signed_at:%Y-%m-%d %H:%M} UTC  Decision: {s.decision}" if s else \
+                "_____________________ Date: _____  (not signed)"
+            lines.append(f"{TITLES[role] + ':':<18}{signed}")
+        lines += ["", "Notes:"]
+        lines += [f"- {TITLES[s.role]} ({s.name}): {s.notes or '(no notes)'}" for s in self.signoffs]
+        lines += [f"- Outcome: {self.outcome.upper()}" + (f": {self.reason}" if self.reason else "")]
+        template = "\n".join(lines).replace("```", "'''")  # notes stay inside the code block
+        md = [f"# Sign-off: Architect Dashboard API {self.version} → {self.environment}", "",
+              f"```\n{template}\n```", "", "## Release", "", "| | |", "|---|---|",
+              f"| Version | {_cell(self.version)} |", f"| Commit | `{_cell(self.commit)}` |",
+              f"| Image | `{_cell(self.digest)}` |", "", *_gates_table(self.gates), *_figures_table(self.figures)]
+        if self.refused:
+            md += ["## Refused sign-offs", "", *[f"- {_cell(r)}" for r in self.refused], ""]
+        return "\n".join(md)
+
+
+# -- validation, shared by the flow and the CLI ---------------------------------------------
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def refusal_reason(role: Role, name: str, approvers: dict[Role, list[str]], signed: list[SignOff]) -> str | None:
+    """Why this sign-off must be refused, or None when it counts."""
+    listed = approvers.get(role, [])
+    if _norm(name) not in {_norm(n) for n in listed}:
+        return f"{name!r} may not sign for {role.value} (the environment lists: {', '.join(listed) or 'nobody'})"
+    for s in signed:
+        if s.role == role:
+            return f"{role.value} is already signed off by {s.name}; each role signs once"
+    for s in signed:
+        if _norm(s.name) == _norm(name):
+            return f"{s.name} already signed for {s.role.value}; one person signs one role"
+    return None
+
+
+def canonical_name(role: Role, name: str, approvers: dict[Role, list[str]]) -> str:
+    """The name as the environment spells it (validation ignores case and spacing)."""
+    return next((n for n in approvers.get(role, []) if _norm(n) == _norm(name)), name.strip())
+
+
+def signoff_required(environment: StagingEnvironment, skip: bool) -> bool:
+    """Whether the run must wait for sign-off; only the sandbox may skip it."""
+    if not skip:
+        return True
+    if environment.kind != "sandbox":
+        raise InvalidInput(f"skip_signoff: sign-off may be skipped only in a sandbox environment, "
+                           f"not in a {environment.kind} one", stage=STAGE)
+    return False
+
+
+# -- I/O: the ledger, the document, reading a paused run ------------------------------------
+
+
+def ledger_key(pause_key: str) -> str:
+    return f"{LEDGER_PREFIX}-{pause_key}"
+
+
+@task(name="save-signoff-ledger", cache_policy=NO_CACHE)
+def save_ledger(ledger: Ledger) -> None:
+    """Store what this pause waits for, under a key only this pause uses."""
+    get_run_logger().info("Prefect API: saving the sign-off ledger for pause %s", ledger.pause_key)
+    create_flow_run_input(key=ledger_key(ledger.pause_key), value=ledger.model_dump(mode="json"),
+                          flow_run_id=ledger.flow_run_id)
+
+
+@task(name="publish-signoff-document", cache_policy=NO_CACHE)
+def publish_signoff_document(record: SignOffRecord) -> UUID:
+    """The filled sign-off document as the markdown artifact ``sign-off``."""
+    get_run_logger().info("Prefect API: publishing the sign-off document (%s)", record.outcome)
+    return create_markdown_artifact(markdown=record.document(), key=ARTIFACT_KEY,
+                                    description=f"Sign-off of {record.version}: {record.outcome}")
+
+
+def read_ledger(client: SyncPrefectClient, flow_run_id: UUID) -> Ledger | None:
+    """The ledger of the run's current pause; None when the run is not waiting for sign-off."""
+    state = client.read_flow_run(flow_run_id).state
+    if state is None or not state.is_paused() or not state.state_details.pause_key:
+        return None
+    try:
+        value = client.read_flow_run_input(flow_run_id=flow_run_id, key=ledger_key(state.state_details.pause_key))
+    except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+        if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+            raise
+        return None
+    return Ledger.model_validate_json(value)
+
+
+def artifact_link(artifact_id: UUID | str | None) -> str | None:
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/artifacts/artifact/{artifact_id}" if base and artifact_id else None
+
+
+# -- the wait ---------------------------------------------------------------------------------
+
+
+def collect_signoffs(
+    environment: StagingEnvironment,
+    release: BuildResult,
+    gates: list[GateReport | GateSummary],
+    figures: dict[str, str],
+    timeout_s: float,
+    notifier: RunNotifier | None = None,
+    *,
+    poll_interval_s: float = POLL_INTERVAL_S,
+) -> SignOffRecord:
+    """Pause the flow run until the four leads approve; call it from the flow itself.
+
+    Raises GateFailed (stage "sign-off") on a rejection or when ``timeout_s`` passes; the run is
+    Running again by then, so the flow can roll back. Publishes the sign-off document either way.
+    """
+    logger = get_run_logger()
+    flow_run_id = get_run_context().flow_run.id
+    approvers = {role: list(environment.approvers.get(role, [])) for role in Role}
+    if timeout_s <= 0:
+        raise InvalidInput(f"sign-off timeout must be positive, got {timeout_s}", stage=STAGE)
+    if unstaffed := [r.value for r in Role if not approvers[r]]:
+        raise InvalidInput(f"the environment names no approver for {', '.join(unstaffed)}", stage=STAGE)
+    env_name = getattr(environment, "_block_document_name", None) or environment.kind
+    record = SignOffRecord(environment=env_name, environment_kind=environment.kind, version=release.version,
+                           commit=release.commit, digest=release.digest, outcome="waiting",
+                           gates=[GateSummary.of(g) for g in gates], figures=figures)
+    started = time.monotonic()
+    deadline = utcnow() + timedelta(seconds=timeout_s)
+    ledger = Ledger(flow_run_id=flow_run_id, pause_key="", environment=env_name, version=release.version,
+                    commit=release.commit, digest=release.digest, approvers=approvers, deadline=deadline)
+    _progress(notifier, ledger)
+    if notifier:
+        notifier.reply(f"⏸️ Waiting for sign-off from {_who(ledger, ledger.missing)} until "
+                       f"{deadline:%Y-%m-%d %H:%M} UTC. {_link(notifier)}")
+    reminders = _Reminders(ledger, timeout_s, notifier, logger)
+    reminders.start()
+    try:
+        for attempt in range(1, 1000):  # bounded: every refusal costs a person one form
+            remaining = timeout_s - (time.monotonic() - started)
+            if not ledger.missing or remaining <= 0:
+                break
+            ledger.pause_key = f"sign-off-{attempt}"
+            save_ledger(ledger)
+            form = SignOffInput.with_initial_data(description=describe(ledger, record))
+            logger.info("Waiting for sign-off %d/4 (pause %s, %.0f s left)", len(ledger.signed), ledger.pause_key, remaining)
+            try:
+                entry = pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=poll_interval_s,
+                                       key=ledger.pause_key)
+            except FlowPauseTimeout:
+                _resume_after_timeout(flow_run_id)
+                break
+            name = " ".join(entry.name.split())
+            if reason := refusal_reason(entry.role, name, approvers, ledger.signed):
+                record.refused.append(f"{name} for {entry.role.value} ({entry.decision}): {reason}")
+                logger.warning("Sign-off refused: %s", reason)
+                if notifier:
+                    notifier.reply(f"⛔ Sign-off refused: {_slack(reason)}. Still waiting for "
+                                   f"{_who(ledger, ledger.missing)}.")
+                continue
+            signoff = SignOff(role=entry.role, name=canonical_name(entry.role, name, approvers),
+                              decision=entry.decision, notes=entry.notes.strip())
+            if signoff.decision == Decision.REJECT:
+                record.signoffs = [*ledger.signed, signoff]
+                notes = signoff.notes or "no notes"
+                return _end(record, notifier, "rejected",
+                            f"not signed off: rejected by {signoff.name} ({signoff.role.value}): {notes}")
+            with reminders.lock:
+                ledger.signed.append(signoff)
+            logger.info("Signed off by %s (%s): %s", signoff.name, signoff.role.value, signoff.notes or "no notes")
+            _progress(notifier, ledger)
+    finally:
+        reminders.stop()
+    record.signoffs = list(ledger.signed)
+    if ledger.missing:
+        return _end(record, notifier, "timed out",
+                    f"not signed off: timed out after {_human(timeout_s)} with {len(ledger.signed)}/4 signed "
+                    f"(missing: {', '.join(r.value for r in ledger.missing)})")
+    return _end(record, notifier, "approved", "")
+
+
+def _resume_after_timeout(flow_run_id: UUID) -> None:
+    """Take the run out of its expired pause so the flow can roll back and end it Failed.
+
+    The server refuses every transition out of an expired pause (it turns them into Failed), so
+    only a forced Running gets the run back; without it the rollback's tasks could not run.
+    """
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        if state is not None and state.is_running():
+            return
+        client.set_flow_run_state(flow_run_id, Running(message="sign-off timed out; rolling back"), force=True)
+
+
+def _end(record: SignOffRecord, notifier: RunNotifier | None, outcome: str, reason: str) -> SignOffRecord:
+    record.outcome, record.reason, record.finished_at = outcome, reason, utcnow()
+    publish_signoff_document(record)
+    signed = ", ".join(f"{s.role.value} ({s.name})" for s in record.signoffs) or "nobody"
+    if outcome == "approved":
+        get_run_logger().info("Signed off by all four leads: %s", signed)
+        if notifier:
+            notifier.stage(STAGE, "passed", _slack(f"4/4 signed: {signed}"))
+        return record
+    get_run_logger().error("Sign-off ended: %s", reason)
+    if notifier:
+        notifier.stage(STAGE, "failed", _slack(reason))
+    raise GateFailed(reason, stage=STAGE, result=record)
+
+
+def describe(ledger: Ledger, record: SignOffRecord) -> str:
+    """The markdown the UI shows above the form: what is being signed and what is missing.
+
+    The UI gives it about 350 px before it scrolls, so the release and who is missing come first.
+    """
+    signed = ", ".join(f"{s.role.value} — {_cell(s.name)}" for s in ledger.signed) or "nobody yet"
+    icons = {"pass": "✅", "fail": "❌", "inconclusive": "❔"}
+    gates = [f"- {icons.get(g.verdict, '•')} {_cell(g.summary)}" + (f" ([report]({g.link}))" if g.link else "")
+             for g in record.gates]
+    figures = " · ".join(f"{_cell(k)} {_cell(v)}" for k, v in record.figures.items())
+    md = [f"**Sign-off: Architect Dashboard API {_cell(ledger.version)} → {_cell(ledger.environment)}**", "",
+          f"- **Signed {len(ledger.signed)}/4:** {signed}",
+          f"- **Missing:** {_cell(_who(ledger, ledger.missing))}",
+          f"- **Version** {_cell(ledger.version)}, **commit** `{_cell(ledger.commit)}`",
+          f"- **Image** `{_cell(_short_digest(ledger.digest))}`",
+          f"- **Deadline** {ledger.deadline:%Y-%m-%d %H:%M:%S} UTC; unsigned by then, the release rolls back", "",
+          "**Gates**", "", *(gates or ["- (none given)"]), "",
+          *([f"**Performance:** {figures}", ""] if figures else []),
+          "Choose your role, type your name as listed, approve or reject (a rejection rolls the release "
+          "back), and add notes. Each role signs once; one person signs one role."]
+    return "\n".join(md)
+
+
+def _short_digest(image: str) -> str:
+    # The UI's form is narrow: 64 hex digits overflow it. The document and the CLI show them whole.
+    name, sep, digest = image.partition("@")
+    algo, _, hexes = digest.partition(":")
+    return f"{name}{sep}{algo}:{hexes[:16]}…{hexes[-8:]}" if len(hexes) > 28 else image
+
+
+def _gates_table(gates: list[GateSummary]) -> list[str]:
+    if not gates:
+        return []
+    rows = [f"| {_cell(g.stage)} | {_cell(g.verdict)} | {_cell(g.summary)} | "
+            f"{f'[report]({g.link})' if g.link else ''} |" for g in gates]
+    return ["**Gates**", "", "| Gate | Verdict | Summary | Report |", "|---|---|---|---|", *rows, ""]
+
+
+def _figures_table(figures: dict[str, str]) -> list[str]:
+    if not figures:
+        return []
+    rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in figures.items()]
+    return ["**Performance**", "", "| Figure | Value |", "|---|---|", *rows, ""]
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _slack(text: str) -> str:
+    # Slack reads <...> as links and mentions; a name or a note must not ping @channel.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _who(ledger: Ledger, roles: list[Role]) -> str:
+    return ", ".join(f"{r.value} ({' or '.join(ledger.approvers.get(r, []))})" for r in roles) or "nobody"
+
+
+def _link(notifier: RunNotifier) -> str:
+    return f"<{notifier.run_url}|Open the run to sign>" if notifier.run_url else ""
+
+
+def _human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def _progress(notifier: RunNotifier | None, ledger: Ledger) -> None:
+    if notifier is None:
+        return
+    signed = ", ".join(f"{s.role.value} ({s.name})" for s in ledger.signed) or "nobody yet"
+    missing = ", ".join(r.value for r in ledger.missing)
+    notifier.stage(STAGE, "waiting", _slack(f"awaiting sign-off {len(ledger.signed)}/4 — signed: {signed}; missing: {missing}"))
+
+
+class _Reminders:
+    """Slack reminders at 50 % and 90 % of the timeout, from a thread: the flow is blocked in the pause."""
+
+    def __init__(self, ledger: Ledger, timeout_s: float, notifier: RunNotifier | None, logger):
+        self.ledger, self.timeout_s, self.notifier, self.logger = ledger, timeout_s, notifier, logger
+        self.lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="signoff-reminders", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        for fraction in REMINDERS:
+            wait = self._started + fraction * self.timeout_s - time.monotonic()
+            if self._stopped.wait(max(wait, 0)):
+                return
+            with self.lock:
+                missing, signed = list(self.ledger.missing), len(self.ledger.signed)
+            left = _human(self.timeout_s * (1 - fraction))
+            text = (f"⏰ Reminder: sign-off {signed}/4, still missing {_who(self.ledger, missing)}; the release "
+                    f"rolls back in {left} ({self.ledger.deadline:%Y-%m-%d %H:%M} UTC) unless signed.")
+            self.logger.info(text)
+            if self.notifier:
+                self.notifier.reply(f"{_slack(text)} {_link(self.notifier)}")

@@ -1,0 +1,275 @@
+"""The metrics gate: a tiny fake Prometheus for crafted answers, and the sandbox's real one."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from blocks.database import PostgresDatabase
+from blocks.docker_target import DockerTarget
+from blocks.environment import PerformanceTargets, StagingEnvironment
+from blocks.registry import ImageRegistry
+from tasks.metrics import GUIDE_ALERTS, MetricCheck, check_metrics, effective_window, guide_checks, parse_duration
+from tasks.models import Verdict
+
+SANDBOX_PROMETHEUS = "http://127.0.0.1:59090"
+
+
+def vector(*series: tuple[dict, str]) -> dict:
+    return {"status": "success", "data": {"resultType": "vector",
+                                          "result": [{"metric": m, "value": [1.0, v]} for m, v in series]}}
+
+
+class FakePrometheus:
+    """Answers /api/v1/query from ``answers`` (substring of the query -> body or callable) and /api/v1/rules."""
+
+    def __init__(self):
+        self.answers: dict[str, object] = {}
+        self.rules = list(GUIDE_ALERTS)
+        self.queries: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                status, body = 200, vector()
+                if url.path == "/api/v1/rules":
+                    body = {"status": "success", "data": {"groups": [
+                        {"name": "api_alerts", "rules": [{"name": n, "type": "alerting"} for n in fake.rules]}]}}
+                else:
+                    query = parse_qs(url.query)["query"][0]
+                    fake.queries.append(query)
+                    for key, answer in fake.answers.items():
+                        if key in query:
+                            answer = answer() if callable(answer) else answer
+                            status, body = answer if isinstance(answer, tuple) else (200, answer)
+                            break
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def environment(prometheus_url: str) -> StagingEnvironment:
+    return StagingEnvironment(
+        app_repo="/nonexistent", api_url="https://localhost:1", target=DockerTarget(),
+        registry=ImageRegistry(address="127.0.0.1:1"), database=PostgresDatabase(password="unused"),
+        prometheus_url=prometheus_url, smoke_password="unused",
+    )
+
+
+@pytest.fixture
+def prom():
+    fake = FakePrometheus()
+    yield fake
+    fake.close()
+
+
+P95 = MetricCheck(name="P95 latency", query="histogram_quantile(0.95, sum by (le) (rate(h_bucket[{window}])))",
+                  op="<", threshold=500, scale=1000, unit="ms", samples_query="sum(increase(h_count[{window}]))",
+                  min_samples=50)
+
+
+def run(prom, checks, **kw):
+    return check_metrics.fn(environment(prom.url), checks=checks, **({"inconclusive_retry_s": 0.3,
+                                                                      "retry_interval_s": 0.1} | kw))
+
+
+def test_value_below_threshold_passes(prom):
+    prom.answers = {"h_count": vector(({}, "1200")), "histogram_quantile": vector(({}, "0.120"))}
+    report = run(prom, [P95])
+    check = report.checks[0]
+    assert check.verdict == Verdict.PASS and report.verdict == Verdict.PASS
+    assert check.detail == "120ms < 500ms (1200 samples in 300s)"
+    assert check.request == "histogram_quantile(0.95, sum by (le) (rate(h_bucket[300s])))"
+
+
+def test_value_above_threshold_fails_with_numbers(prom):
+    prom.answers = {"h_count": vector(({}, "1200")), "histogram_quantile": vector(({}, "0.8"))}
+    check = run(prom, [P95]).checks[0]
+    assert check.verdict == Verdict.FAIL and check.detail == "800ms breaks < 500ms (1200 samples in 300s)"
+
+
+def test_nan_is_inconclusive_then_fails_never_passes(prom):
+    prom.answers = {"h_count": vector(({}, "1200")), "histogram_quantile": vector(({}, "NaN"))}
+    report = run(prom, [P95])
+    check = report.checks[0]
+    assert check.verdict == Verdict.FAIL and report.verdict == Verdict.FAIL
+    assert check.detail.startswith("inconclusive after") and "NaN" in check.detail
+    assert sum("histogram_quantile" in q for q in prom.queries) >= 2  # it was asked again
+
+
+def test_too_few_samples_is_inconclusive(prom):
+    prom.answers = {"h_count": vector(({}, "7")), "histogram_quantile": vector(({}, "0.1"))}
+    check = run(prom, [P95]).checks[0]
+    assert check.verdict == Verdict.FAIL and "too few samples: 7 < 50" in check.detail
+
+
+def test_empty_result_fails_as_no_data(prom):
+    check = run(prom, [MetricCheck(name="x", query="nothing_here", op=">=", threshold=1)]).checks[0]
+    assert check.verdict == Verdict.FAIL and check.detail.endswith("no data for nothing_here")
+
+
+def test_data_arriving_during_the_retry_window_passes(prom):
+    calls = {"n": 0}
+
+    def late():
+        calls["n"] += 1
+        return vector() if calls["n"] < 3 else vector(({}, "1"))
+
+    prom.answers = {"pg_up": late}
+    check = run(prom, [MetricCheck(name="db", query="min(pg_up)", op=">=", threshold=1)],
+                inconclusive_retry_s=5).checks[0]
+    assert check.verdict == Verdict.PASS and calls["n"] == 3
+
+
+def test_worst_series_decides_and_is_named(prom):
+    prom.answers = {"pg_up": vector(({"instance": "a"}, "1"), ({"instance": "b"}, "0"))}
+    check = run(prom, [MetricCheck(name="db", query="pg_up", op=">=", threshold=1)]).checks[0]
+    assert check.verdict == Verdict.FAIL and "{instance=b}" in check.detail
+
+
+def test_rejected_query_fails_at_once(prom):
+    prom.answers = {"bad": (400, {"status": "error", "errorType": "bad_data", "error": "parse error"})}
+    check = run(prom, [MetricCheck(name="x", query="bad(", op="<", threshold=1)], inconclusive_retry_s=5).checks[0]
+    assert check.verdict == Verdict.FAIL and "rejected" in check.detail and "parse error" in check.detail
+    assert len(prom.queries) == 1  # not retried
+
+
+def test_unreachable_prometheus_fails():
+    report = check_metrics.fn(environment("http://127.0.0.1:9"), checks=[P95], inconclusive_retry_s=0)
+    check = report.checks[0]
+    assert check.verdict == Verdict.FAIL and "inconclusive" in check.detail and "ConnectError" in check.detail
+
+
+def test_firing_guide_alert_fails_pending_is_only_noted(prom):
+    alerts = next(c for c in guide_checks(PerformanceTargets()) if c.name == "no guide alert firing")
+    prom.answers = {'alertstate="pending"': vector(({"alertname": "HighLatency"}, "1"))}
+    check = run(prom, [alerts]).checks[0]
+    assert check.verdict == Verdict.PASS and "pending (not failing): {alertname=HighLatency}" in check.detail
+    prom.answers['alertstate="firing"'] = vector(({"alertname": "DatabaseDown"}, "1"))
+    check = run(prom, [alerts]).checks[0]
+    assert check.verdict == Verdict.FAIL and "DatabaseDown" in check.detail
+
+
+def test_alert_check_is_inconclusive_when_rules_are_not_loaded(prom):
+    prom.rules = ["HighErrorRate"]
+    alerts = next(c for c in guide_checks(PerformanceTargets()) if c.name == "no guide alert firing")
+    check = run(prom, [alerts]).checks[0]
+    assert check.verdict == Verdict.FAIL and "not loaded" in check.detail and "CacheDown" in check.detail
+
+
+def test_guide_checks_take_thresholds_from_the_environment():
+    targets = PerformanceTargets(p95_ms=300, error_rate_max=0.02, db_connections_max=0.5)
+    by_name = {c.name: c.threshold for c in guide_checks(targets)}
+    assert by_name["P95 latency"] == 300 and by_name["5xx error rate"] == 0.02
+    assert by_name["database connections"] == 0.5
+
+
+def test_window_is_cut_at_the_deploy():
+    now = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+    assert effective_window("5m", None, now) == "300s"
+    assert effective_window("5m", now - timedelta(seconds=95.7), now) == "95s"
+    assert effective_window("5m", now - timedelta(hours=1), now) == "300s"
+    assert parse_duration("1h30m") == 5400
+    with pytest.raises(ValueError):
+        parse_duration("5 minutes")
+
+
+# --------------------------------------------------------------------------- the sandbox's Prometheus
+
+
+def _sandbox_prometheus_up() -> bool:
+    try:
+        return httpx.get(f"{SANDBOX_PROMETHEUS}/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def real_prom():
+    if not _sandbox_prometheus_up():
+        pytest.skip("the sandbox's Prometheus is not running")
+    return environment(SANDBOX_PROMETHEUS)
+
+
+@pytest.mark.sandbox
+def test_real_prometheus_no_data_is_inconclusive_then_fails(real_prom):
+    missing = MetricCheck(name="missing", query="sum(rate(architect_metric_that_does_not_exist[{window}]))",
+                          op="<", threshold=1)
+    report = check_metrics.fn(real_prom, checks=[missing], inconclusive_retry_s=3, retry_interval_s=1)
+    assert report.verdict == Verdict.FAIL
+    assert report.checks[0].detail.startswith("inconclusive after") and "no data for" in report.checks[0].detail
+
+
+@pytest.mark.sandbox
+def test_real_prometheus_exporters_up(real_prom):
+    checks = [c for c in guide_checks(PerformanceTargets()) if c.name in ("database up", "cache up")]
+    report = check_metrics.fn(real_prom, window="1m", checks=checks, inconclusive_retry_s=10, retry_interval_s=2)
+    assert report.verdict == Verdict.PASS, report.summary()
+
+
+@pytest.mark.sandbox
+def test_real_prometheus_accepts_every_guide_query(real_prom):
+    """Syntax and rules against the real server; values depend on traffic, so only rejections fail here."""
+    report = check_metrics.fn(real_prom, window="1m", inconclusive_retry_s=0)
+    assert len(report.checks) == 6
+    for check in report.checks:
+        assert "rejected" not in check.detail and "not loaded" not in check.detail, check.detail
+
+
+@pytest.mark.sandbox
+@pytest.mark.usefixtures("deployed_good_release")
+def test_real_prometheus_good_release_passes(sandbox_env):
+    with httpx.Client(base_url=str(sandbox_env.api_url), verify=sandbox_env.ssl_context(), timeout=5) as client:
+        for _ in range(100):  # bounded traffic so the rate checks have samples
+            client.get("/health").raise_for_status()
+    report = check_metrics.fn(sandbox_env, window="2m", inconclusive_retry_s=60)
+    assert report.verdict == Verdict.PASS, report.summary()
+
+
+@pytest.mark.sandbox
+def test_metrics_task_publishes_its_table(prom, sandbox_up):
+    """As a real task in a flow (the sandbox's Prefect server): the table shows query, value, threshold, samples."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    prom.answers = {"h_count": vector(({}, "1200")), "histogram_quantile": vector(({}, "0.8"))}
+
+    @flow
+    def gate():
+        return check_metrics(environment(prom.url), checks=[P95], inconclusive_retry_s=0)
+
+    state = gate(return_state=True)
+    assert state.result().verdict == Verdict.FAIL
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    [artifact] = artifacts
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert artifact.key == "metrics-gate"
+    assert rows == [{"check": "P95 latency", "query": P95.query.replace("{window}", "300s"), "value": "800ms",
+                     "threshold": "< 500ms", "samples": 1200, "verdict": "fail",
+                     "detail": "800ms breaks < 500ms (1200 samples in 300s)"}]

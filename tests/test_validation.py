@@ -1,0 +1,90 @@
+"""Property tests: whatever a user types, bad input is refused with a message naming the field."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from blocks.docker_target import DockerTarget
+from blocks.environment import PerformanceTargets
+from blocks.registry import ImageRegistry
+from blocks.validation import MAX_INPUT_LENGTH, check_git_ref, check_semver
+
+SHELL_METACHARACTERS = ";|&$`<>(){}[]*?!\\\"' \n\t~#"
+
+numbers = st.integers(min_value=0, max_value=10_000).map(str)
+identifiers = st.text(string.ascii_letters + string.digits + "-", min_size=1, max_size=8).filter(
+    lambda s: not (s.isdigit() and len(s) > 1 and s[0] == "0")
+)
+semvers = st.builds(
+    lambda major, minor, patch, pre: f"{major}.{minor}.{patch}" + (f"-{'.'.join(pre)}" if pre else ""),
+    numbers, numbers, numbers, st.lists(identifiers, max_size=3),
+)
+
+
+@given(semvers)
+def test_every_semantic_version_is_accepted(version):
+    assert check_semver(version) == version
+
+
+@given(st.text(min_size=1, max_size=40), st.sampled_from(SHELL_METACHARACTERS))
+def test_a_version_with_a_shell_metacharacter_is_refused(text, meta):
+    with pytest.raises(ValueError, match="not a semantic version"):
+        check_semver(text[: len(text) // 2] + meta + text[len(text) // 2 :])
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + "._/-", min_size=1, max_size=30), st.sampled_from(SHELL_METACHARACTERS))
+def test_a_ref_with_a_shell_metacharacter_is_refused(text, meta):
+    with pytest.raises(ValueError, match="not a plain git branch"):
+        check_git_ref(text + meta)
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + "._-", min_size=0, max_size=20))
+def test_refs_that_git_or_a_shell_would_misread_are_refused(text):
+    for bad in (f"-{text}", f"{text}/../etc", f"..{text}", f"{text}@{{1}}", f"{text}.lock", f"{text}/"):
+        with pytest.raises(ValueError):
+            check_git_ref(bad)
+
+
+@given(st.integers(min_value=MAX_INPUT_LENGTH + 1, max_value=100_000))
+def test_oversized_input_is_refused_with_its_length(size):
+    with pytest.raises(ValueError, match=f"is {size} characters long"):
+        check_git_ref("a" * size)
+    with pytest.raises(ValueError, match=f"is {size} characters long"):
+        check_semver("1" * size)
+
+
+@given(st.text(min_size=1, max_size=30).filter(lambda s: ":" not in s or not s.rsplit(":", 1)[1].isdigit()))
+def test_registry_address_must_be_host_and_port(address):
+    with pytest.raises(ValidationError, match="address"):
+        ImageRegistry(address=address)
+
+
+@given(st.floats(min_value=1, max_value=5000), st.floats(min_value=1, max_value=5000))
+def test_latency_targets_must_be_ordered(p50, p95):
+    if p50 <= p95 <= 1000:
+        PerformanceTargets(p50_ms=p50, p95_ms=p95)
+    else:
+        with pytest.raises(ValidationError, match="p50 <= p95 <= p99 <= max"):
+            PerformanceTargets(p50_ms=p50, p95_ms=p95)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=1, max_value=10), st.integers(min_value=0, max_value=12))
+def test_docker_target_needs_a_surge_slot_per_rollout(replicas, slots):
+    ports = list(range(20000, 20000 + slots))
+    if slots >= replicas + 1:
+        assert DockerTarget(replicas=replicas, ports=ports).replicas == replicas
+    else:
+        with pytest.raises(ValidationError, match="distinct port slots"):
+            DockerTarget(replicas=replicas, ports=ports)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.1.10", "192.168.1.5", "example.com"])
+def test_replicas_listen_on_loopback_only(host):
+    with pytest.raises(ValidationError, match="loopback only"):
+        DockerTarget(bind_host=host)
