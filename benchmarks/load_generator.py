@@ -5,7 +5,8 @@
 Prints (1) the ratio of achieved rates at saturation: the pipeline's generator (one and two
 processes) against wrk; (2) P50/P99 at fixed rates: 1,000 req/s from one process and 2,000
 req/s from two, against hey at the same rate (``-q`` per worker x ``-c`` workers). Targets: the
-fixed rates held (no saturation flagged) and P50/P99 within 5 ms of hey's.
+fixed rates held (no saturation flagged) and P50/P99 no more than 5 ms above hey's
+(the two-sided comparison is printed too).
 
 It drives the sandbox's nginx ``/static-ok`` when it answers, otherwise a private nginx started
 here with the same location on a free loopback port and a throwaway CA (said in the output).
@@ -17,6 +18,7 @@ stall it would report less than the open-model generator; on a fast static endpo
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import socket
@@ -134,7 +136,8 @@ def main() -> None:
     if not answers(url, ca):
         nginx, url, ca = private_nginx(Path(tmp.name))
         print(f"{args.url} does not answer: using a private nginx at {url}")
-    print(f"endpoint {url}, {args.seconds} s per run\n")
+    print(f"endpoint {url}, {args.seconds} s per run, load average {os.getloadavg()[0]:.2f} on "
+          f"{os.cpu_count()} cores (other work on the machine makes every generator late)\n")
     try:
         print("== saturation (achieved req/s)")
         native = wrk(url, args.seconds)
@@ -149,17 +152,20 @@ def main() -> None:
             h_rps, h50, h99 = hey(url, rate, args.seconds)
             run = ours(url, ca, rate, args.seconds, procs)
             p50, p99 = run.ms(50), run.ms(99)
-            cpu = ", ".join(f"{p.cpu_share:.0%}" for p in run.processes)
+            cpu = ", ".join(f"{p.cpu_share:.0%} (waited {p.cpu_wait_share:.0%})" for p in run.processes)
             held = not run.saturation
-            close = abs(p50 - h50) <= 5 and abs(p99 - h99) <= 5
+            # The target is that the generator adds no more than 5 ms over the native one; being
+            # faster than hey (whose own Go scheduling shows in its P99) is reported, not a miss.
+            close = abs(p50 - h50) <= 5 and p99 - h99 <= 5
             verdicts.append(held and close)
             print(f"{rate} req/s  hey (-c50 -q{rate // 50}) {h_rps:7.0f} req/s  P50 {h50:6.2f}  P99 {h99:6.2f}")
             print(f"{rate} req/s  pipeline ({procs} proc)  {run.throughput_rps:7.0f} req/s  P50 {p50:6.2f}  "
                   f"P99 {p99:6.2f}  max {run.latency.max_s * 1000:6.1f}  send-lag p99 "
                   f"{run.lag.percentile(99) * 1000:5.2f}  cpu {cpu}  errors {run.error_count}")
             print(f"   held: {held}{'' if held else ' ' + '; '.join(run.saturation)}   "
-                  f"within 5 ms of hey: P50 {p50 - h50:+.2f}  P99 {p99 - h99:+.2f} -> {'OK' if close else 'MISS'}")
-        print(f"\ntargets met: {all(verdicts)}")
+                  f"vs hey: P50 {p50 - h50:+.2f}  P99 {p99 - h99:+.2f} ms -> {'OK' if close else 'MISS'} "
+                  f"(two-sided within 5 ms: {abs(p50 - h50) <= 5 and abs(p99 - h99) <= 5})")
+        print(f"\ntargets met: {all(verdicts)}   (load average now {os.getloadavg()[0]:.2f})")
     finally:
         if nginx:
             nginx.terminate()  # the nginx started above, by handle

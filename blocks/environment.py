@@ -13,6 +13,7 @@ from prefect.blocks.fields import SecretDict
 
 from blocks.database import PostgresDatabase
 from blocks.docker_target import DockerTarget
+from blocks.kubernetes_target import KubernetesTarget
 from blocks.registry import ImageRegistry
 from blocks.slack import SlackChannel
 
@@ -72,7 +73,7 @@ class StagingEnvironment(Block):
         None, description="Plain-HTTP URL of the same load balancer; the smoke suite checks it redirects to HTTPS"
     )
     ca_bundle: str | None = Field(None, description="PEM file of the CA to trust for api_url; empty for the system store")
-    target: DockerTarget = Field(description="Where replicas run")
+    target: DockerTarget | KubernetesTarget = Field(description="Where replicas run: one Docker engine or a Kubernetes cluster")
     builder_docker_host: str = Field(
         "unix:///var/run/docker.sock", description="Docker engine that builds, pushes and verifies images"
     )

@@ -4,92 +4,37 @@ It does what the guide's kubectl steps do, as API calls: the namespace and the
 ``architect-secrets`` Secret, server-side apply of the app repo's ``k8s/staging/`` manifests with
 the pushed image, the rollout watched with ``kubectl rollout status``'s rule, ``kubectl rollout
 undo`` (the old ReplicaSet's pod template patched back into the Deployment), and a Job for
-one-off commands. One method hands out the ``ApiClient``; every call goes through ``_request``,
-which maps "cannot reach the API" to ``TemporaryError`` and refusals to ``PermanentError``.
+one-off commands. One method hands out the ``ApiClient``; every call goes through ``_request``
+(``kubernetes_api``: "cannot reach the API" is ``TemporaryError``, refusals ``PermanentError``).
+What is built without the API lives in ``kubernetes_manifests``; what is judged from objects read
+(rollout status, undo, the dry-run diff) in ``kubernetes_rollout``.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
-import difflib
-import json
-import logging
-import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
-import urllib3
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from blocks.kubernetes_api import call
+from blocks.kubernetes_manifests import JOB_TEMPLATE, KINDS, job_manifest, load_manifests, secret_manifest
+from blocks.kubernetes_rollout import (
+    REVISION, DeployPlan, ObjectPlan, as_revision, job_exit_code, object_plan, replica_status,
+    revision_number, rollout_verdict, secret_plan, spec_observed, undo_patch, undo_target,
+)
 from blocks.target import DeployTarget
 from blocks.validation import check_name
-from tasks.errors import PermanentError, TemporaryError
-from tasks.models import OneOffResult, ReplicaStatus, Revision, RolloutResult
+from tasks.errors import PermanentError
+from tasks.models import OneOffResult, Revision, RolloutResult
 
-REVISION = "deployment.kubernetes.io/revision"
-HASH_LABEL = "pod-template-hash"
-VERSION_ANNOTATION = "architect-deploy/version"
-CHANGE_CAUSE = "kubernetes.io/change-cause"
-# What kubectl rollout undo keeps from the Deployment and never copies from the ReplicaSet.
-UNDO_SKIP = {
-    "kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history",
-    "deployment.kubernetes.io/desired-replicas", "deployment.kubernetes.io/max-replicas",
-    "deprecated.deployment.rollback.to",
-}
-FAILED_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
-# Kinds the manifests may hold: kind -> (API prefix, plural).
-KINDS = {
-    "Deployment": ("/apis/apps/v1", "deployments"), "Service": ("/api/v1", "services"),
-    "ConfigMap": ("/api/v1", "configmaps"), "ServiceAccount": ("/api/v1", "serviceaccounts"),
-    "Secret": ("/api/v1", "secrets"), "Job": ("/apis/batch/v1", "jobs"),
-    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
-    "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
-}
-SKIPPED_FILES = {"job-template.yaml", "job-template.yml", "kustomization.yaml", "kustomization.yml"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
-
-
-class ObjectPlan(BaseModel):
-    """What a deploy would do to one object."""
-
-    kind: str
-    name: str
-    action: Literal["create", "update", "unchanged"]
-    diff: str = Field("", description="unified diff live -> applied (Secret: key names only)")
-
-
-class DeployPlan(BaseModel):
-    """A dry run of ``deploy``: nothing was changed."""
-
-    namespace: str
-    image: str
-    version: str
-    objects: list[ObjectPlan] = Field(default_factory=list)
-
-    @property
-    def changes(self) -> list[ObjectPlan]:
-        return [o for o in self.objects if o.action != "unchanged"]
 
 
 class KubernetesTarget(DeployTarget):
@@ -185,60 +130,29 @@ class KubernetesTarget(DeployTarget):
 
     # ---- one HTTP call --------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, what: str, *, query: Mapping[str, Any] | None = None,
-                 body: Any = None, content_type: str = "application/json", missing_ok: bool = False,
-                 secret: bool = False, text: bool = False) -> Any:
-        """One API call; JSON (or text) back, None for 404 when ``missing_ok``.
-
-        ``secret`` keeps the server's message out of errors: it could quote what was sent.
-        """
-        _logger().info("kubernetes: %s %s", method, what)
+    def _request(self, method: str, path: str, what: str, **options: Any) -> Any:
+        """One API call through this block's client (created on first use); see ``kubernetes_api.call``."""
         if self._api is None:
             self._api = self.get_client()
-        api = self._api
-        params = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
-        headers = {"Accept": "text/plain" if text else "application/json", "Content-Type": content_type}
-        try:
-            req = api.param_serialize(method, path, query_params=params, header_params=headers, body=body,
-                                      auth_settings=["BearerToken"])
-            resp = api.call_api(*req, _request_timeout=self.request_timeout_s)
-            resp.read()
-        except ApiException as exc:
-            raise TemporaryError(f"Kubernetes API unreachable ({what}): {exc.reason}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TemporaryError(f"Kubernetes API unreachable ({what}): {type(exc).__name__}") from None
-        status = resp.status
-        if status == 404 and missing_ok:
-            return None
-        if status >= 300:
-            message = ""
-            if not secret:
-                try:
-                    message = json.loads(resp.data).get("message", "")
-                except (ValueError, AttributeError):
-                    message = resp.data[:200].decode(errors="replace")
-            error = TemporaryError if status >= 500 or status == 429 else PermanentError
-            raise error(f"Kubernetes refused {what}: HTTP {status} {message}".rstrip())
-        return resp.data.decode(errors="replace") if text else json.loads(resp.data or b"{}")
+        return call(self._api, method, path, what, timeout_s=self.request_timeout_s, **options)
 
     def _ns(self, prefix: str, plural: str, name: str = "") -> str:
         return f"{prefix}/namespaces/{self.namespace}/{plural}" + (f"/{name}" if name else "")
 
     # ---- objects this target writes ---------------------------------------------------------------
 
+    def _namespace(self) -> dict | None:
+        return self._request("GET", f"/api/v1/namespaces/{self.namespace}", f"namespace {self.namespace}",
+                             missing_ok=True)
+
     def _ensure_namespace(self) -> None:
-        if self._request("GET", f"/api/v1/namespaces/{self.namespace}", f"namespace {self.namespace}", missing_ok=True):
+        if self._namespace():
             return
         self._request("POST", "/api/v1/namespaces", f"create namespace {self.namespace}",
                       body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
 
     def _secret_body(self, env: Mapping[str, str]) -> dict:
-        return {
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": self.secret_name, "namespace": self.namespace,
-                         "labels": {"app.kubernetes.io/managed-by": self.field_manager}},
-            "data": {k: base64.b64encode(str(v).encode()).decode() for k, v in env.items()},
-        }
+        return secret_manifest(self.secret_name, self.namespace, self.field_manager, env)
 
     def _write_secret(self, env: Mapping[str, str]) -> None:
         """Create or replace the app's Secret from ``env`` (values never logged)."""
@@ -251,35 +165,8 @@ class KubernetesTarget(DeployTarget):
             self._request("PUT", f"{path}/{self.secret_name}", f"replace {what}", body=body, secret=True)
 
     def _manifests(self, image: str, version: str) -> list[dict]:
-        """The repo's manifests (job template skipped), namespaced, with the image and version set."""
-        directory = self.manifests_path()
-        if not directory.is_dir():
-            raise PermanentError(f"no manifests at {directory}")
-        objects = []
-        for file in sorted(directory.iterdir()):
-            if file.suffix not in (".yaml", ".yml") or file.name in SKIPPED_FILES:
-                continue
-            for doc in yaml.safe_load_all(file.read_text()):
-                if not doc or doc.get("kind") == "Namespace":
-                    continue
-                if doc.get("kind") not in KINDS:
-                    raise PermanentError(f"{file.name}: kind {doc.get('kind')!r} is not supported")
-                doc.setdefault("metadata", {})["namespace"] = self.namespace
-                objects.append(doc)
-        deployment = next((o for o in objects if o["kind"] == "Deployment"
-                           and o["metadata"].get("name") == self.deployment_name), None)
-        if deployment is None:
-            raise PermanentError(f"the manifests in {directory} hold no Deployment {self.deployment_name}")
-        containers = deployment["spec"]["template"]["spec"]["containers"]
-        container = next((c for c in containers if c.get("name") == self.container_name), None)
-        if container is None:
-            raise PermanentError(f"Deployment {self.deployment_name} has no container {self.container_name}")
-        container["image"] = image
-        deployment["metadata"].setdefault("annotations", {}).update(
-            {CHANGE_CAUSE: f"architect-deploy {version} {image}", VERSION_ANNOTATION: version})
-        template_meta = deployment["spec"]["template"].setdefault("metadata", {})
-        template_meta.setdefault("annotations", {})[VERSION_ANNOTATION] = version
-        return objects
+        return load_manifests(self.manifests_path(), self.namespace, self.deployment_name, self.container_name,
+                              image, version)
 
     def _apply(self, obj: dict, dry_run: bool = False) -> dict | None:
         """Server-side apply (force: this pipeline owns the fields it applies)."""
@@ -300,42 +187,28 @@ class KubernetesTarget(DeployTarget):
 
     def _replicasets(self, deployment: dict) -> list[dict]:
         """The Deployment's ReplicaSets (owner reference), by revision."""
-        selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"].get("matchLabels", {}).items())
-        items = self._request("GET", self._ns("/apis/apps/v1", "replicasets"), "replicasets",
-                              query={"labelSelector": selector})["items"]
+        query = {"labelSelector": _selector(deployment["spec"]["selector"].get("matchLabels", {}))}
+        items = self._request("GET", self._ns("/apis/apps/v1", "replicasets"), "replicasets", query=query)["items"]
         uid = deployment["metadata"]["uid"]
         owned = [rs for rs in items if any(r.get("uid") == uid and r.get("controller")
                                            for r in rs["metadata"].get("ownerReferences") or [])]
-        return sorted(owned, key=_revision_number)
-
-    def _as_revision(self, rs: dict) -> Revision:
-        template = rs["spec"]["template"]
-        containers = template["spec"]["containers"]
-        container = next((c for c in containers if c.get("name") == self.container_name), containers[0])
-        return Revision(
-            number=_revision_number(rs), image=container.get("image", ""),
-            version=(template.get("metadata", {}).get("annotations") or {}).get(VERSION_ANNOTATION, ""),
-            created_at=datetime.fromisoformat(rs["metadata"]["creationTimestamp"].replace("Z", "+00:00")),
-        )
+        return sorted(owned, key=revision_number)
 
     def history(self) -> list[Revision]:
         deployment = self._deployment()
         if deployment is None:
             return []
-        return [self._as_revision(rs) for rs in self._replicasets(deployment) if _revision_number(rs) > 0]
+        return [as_revision(rs, self.container_name) for rs in self._replicasets(deployment) if revision_number(rs) > 0]
 
     def current_revision(self) -> Revision | None:
         deployment = self._deployment()
         if deployment is None:
             return None
-        wanted = (deployment["metadata"].get("annotations") or {}).get(REVISION)
-        for rs in self._replicasets(deployment):
-            if str(_revision_number(rs)) == wanted:
-                return self._as_revision(rs)
-        return None
+        new_rs = self._new_replicaset(deployment)
+        return as_revision(new_rs, self.container_name) if new_rs else None
 
-    def _pods(self, selector: Mapping[str, str]) -> list[dict]:
-        query = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())}
+    def _pods(self, labels: Mapping[str, str], *requirements: str) -> list[dict]:
+        query = {"labelSelector": _selector(labels, *requirements)}
         return self._request("GET", self._ns("/api/v1", "pods"), "pods", query=query)["items"]
 
     def _pod_log(self, pod: str, tail: int) -> str:
@@ -369,46 +242,32 @@ class KubernetesTarget(DeployTarget):
             if verdict is None and time.monotonic() >= deadline:
                 verdict, reason = False, f"timed out after {timeout_s:.0f}s: {reason}"
             if verdict is not None:
-                replicas = [_replica_status(p, self.container_name) for p in pods]
-                revision = self._as_revision(new_rs) if new_rs else Revision(number=0, image="")
+                replicas = [replica_status(p, self.container_name) for p in pods]
+                revision = as_revision(new_rs, self.container_name) if new_rs else Revision(number=0, image="")
                 return RolloutResult(
                     revision=revision, previous=previous, replicas=replicas, complete=verdict, reason=reason,
                     duration_s=round(time.monotonic() - started, 2), logs={} if verdict else self._diagnose(pods),
                 )
             time.sleep(self.poll_interval_s)
 
+    def _new_replicaset(self, deployment: dict) -> dict | None:
+        """The ReplicaSet of the Deployment's current revision, if it exists yet."""
+        wanted = (deployment["metadata"].get("annotations") or {}).get(REVISION)
+        return next((rs for rs in self._replicasets(deployment) if str(revision_number(rs)) == wanted), None)
+
     def _rollout_state(self, d: dict) -> tuple[bool | None, str, list[dict], dict | None]:
         """(True done | False failed | None in progress, why, pods of the new ReplicaSet, new ReplicaSet)."""
-        status, spec = d.get("status") or {}, d["spec"]
-        if status.get("observedGeneration", 0) < d["metadata"].get("generation", 1):
+        if not spec_observed(d):
             return None, "waiting for the deployment spec update to be observed", [], None
-        wanted = (d["metadata"].get("annotations") or {}).get(REVISION)
-        new_rs = next((rs for rs in self._replicasets(d) if str(_revision_number(rs)) == wanted), None)
+        new_rs = self._new_replicaset(d)
         pods = self._pods(new_rs["spec"]["selector"]["matchLabels"]) if new_rs else []
-        progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
-        if progressing.get("reason") == "ProgressDeadlineExceeded":
-            return False, f"progress deadline exceeded: {progressing.get('message', '')}", pods, new_rs
-        for pod in pods:
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                waiting = (cs.get("state") or {}).get("waiting") or {}
-                if waiting.get("reason") in FAILED_WAITING:
-                    return (False, f"pod {pod['metadata']['name']}: {waiting['reason']} "
-                            f"(restarts {cs.get('restartCount', 0)})", pods, new_rs)
-        desired, updated = spec.get("replicas", 1), status.get("updatedReplicas", 0)
-        total, available = status.get("replicas", 0), status.get("availableReplicas", 0)
-        if updated < desired:
-            return None, f"{updated} of {desired} new replicas updated", pods, new_rs
-        if total > updated:
-            return None, f"{total - updated} old replicas pending termination", pods, new_rs
-        if available < updated:
-            return None, f"{available} of {updated} updated replicas available", pods, new_rs
-        return True, f"{self.deployment_name} rolled out: {available}/{desired} available", pods, new_rs
+        return (*rollout_verdict(d, pods, self.deployment_name), pods, new_rs)
 
     # ---- DeployTarget -----------------------------------------------------------------------------
 
     def check_reachable(self) -> str:
         version = self._request("GET", "/version", "server version")
-        self._request("GET", f"/api/v1/namespaces/{self.namespace}", f"namespace {self.namespace}", missing_ok=True)
+        self._namespace()
         host = self.host or ("in-cluster" if self.in_cluster else f"kubeconfig context {self.context or '(current)'}")
         return f"Kubernetes {version.get('gitVersion', '?')} at {host}, namespace {self.namespace}"
 
@@ -429,25 +288,12 @@ class KubernetesTarget(DeployTarget):
         if deployment is None:
             raise PermanentError(f"deployment {self.deployment_name} does not exist: nothing to roll back")
         previous = self.current_revision()
-        current = int((deployment["metadata"].get("annotations") or {}).get(REVISION, "0"))
-        candidates = [rs for rs in self._replicasets(deployment) if _revision_number(rs) > 0]
-        if to_revision:
-            target = next((rs for rs in candidates if _revision_number(rs) == to_revision), None)
-        else:
-            target = next((rs for rs in reversed(candidates) if _revision_number(rs) < current), None)
-        if target is None:
-            raise PermanentError(f"no revision {to_revision or 'before ' + str(current)} to roll back to")
+        target = undo_target(deployment, self._replicasets(deployment), to_revision)
         if env:
             self._write_secret(env)
-        template = copy.deepcopy(target["spec"]["template"])
-        template.get("metadata", {}).get("labels", {}).pop(HASH_LABEL, None)
-        live = deployment["metadata"].get("annotations") or {}
-        annotations = {k: v for k, v in live.items() if k in UNDO_SKIP}
-        annotations.update({k: v for k, v in (target["metadata"].get("annotations") or {}).items() if k not in UNDO_SKIP})
-        patch = [{"op": "replace", "path": "/spec/template", "value": template},
-                 {"op": "add", "path": "/metadata/annotations", "value": annotations}]
         self._request("PATCH", self._ns("/apis/apps/v1", "deployments", self.deployment_name),
-                      f"undo {self.deployment_name} to revision {_revision_number(target)}", body=patch,
+                      f"undo {self.deployment_name} to revision {revision_number(target)}",
+                      body=undo_patch(deployment, target),
                       content_type="application/json-patch+json")
         return self._wait_rollout(started, timeout_s, previous)
 
@@ -456,7 +302,9 @@ class KubernetesTarget(DeployTarget):
         started = time.monotonic()
         self._ensure_namespace()
         self._write_secret(env)
-        job = self._job(image, list(args), timeout_s)
+        template = self.manifests_path() / JOB_TEMPLATE if self.repo_dir else None
+        job = job_manifest(template, f"{self.deployment_name}-oneoff-{uuid.uuid4().hex[:6]}", self.namespace,
+                           self.field_manager, self.container_name, self.secret_name, image, list(args), timeout_s)
         name = job["metadata"]["name"]
         jobs = self._ns("/apis/batch/v1", "jobs")
         self._request("POST", jobs, f"create job {name}", body=job)
@@ -469,18 +317,10 @@ class KubernetesTarget(DeployTarget):
                 if done & {"Complete", "Failed"} or time.monotonic() >= deadline:
                     break
                 time.sleep(self.poll_interval_s)
-            pods = self._pods({"job-name": name})
-            for pod in pods[-1:]:
-                logs = self._pod_log(pod["metadata"]["name"], 1000)
-                terminated = next(((cs.get("state") or {}).get("terminated") for cs in
-                                   (pod.get("status") or {}).get("containerStatuses") or []), None)
-                if terminated:
-                    exit_code = int(terminated.get("exitCode", -1))
-            if "Complete" in done:
-                exit_code = 0
-            elif "Failed" in done and exit_code <= 0:
-                exit_code = 1
-            elif not done:
+            pod = (self._pods({"job-name": name}) or [None])[-1]
+            logs = self._pod_log(pod["metadata"]["name"], 1000) if pod else ""
+            exit_code = job_exit_code(done, pod)
+            if not done:
                 logs += f"\n(timed out after {timeout_s:.0f}s)"
         finally:
             self._request("DELETE", f"{jobs}/{name}", f"delete job {name}", query={"propagationPolicy": "Background"},
@@ -491,38 +331,12 @@ class KubernetesTarget(DeployTarget):
         return OneOffResult(args=list(args), exit_code=exit_code, logs=logs,
                             duration_s=round(time.monotonic() - started, 2))
 
-    def _job(self, image: str, args: list[str], timeout_s: float) -> dict:
-        name = f"{self.deployment_name}-oneoff-{uuid.uuid4().hex[:6]}"
-        job: dict | None = None
-        if self.repo_dir:
-            template = self.manifests_path() / "job-template.yaml"
-            if template.is_file():
-                job = yaml.safe_load(template.read_text())
-        if not isinstance(job, dict) or job.get("kind") != "Job":
-            job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {},
-                   "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
-                                                                     "containers": [{"name": self.container_name}]}}}}
-        job["metadata"] = {**(job.get("metadata") or {}), "name": name, "namespace": self.namespace}
-        job["metadata"].setdefault("labels", {})["app.kubernetes.io/managed-by"] = self.field_manager
-        spec = job["spec"]
-        spec["activeDeadlineSeconds"] = max(1, math.ceil(timeout_s))
-        pod_spec = spec["template"]["spec"]
-        container = next((c for c in pod_spec["containers"] if c.get("name") == self.container_name),
-                         pod_spec["containers"][0])
-        container.update(image=image, args=args)
-        refs = container.setdefault("envFrom", [])
-        if not any((r.get("secretRef") or {}).get("name") == self.secret_name for r in refs):
-            refs.append({"secretRef": {"name": self.secret_name}})
-        return job
-
     def fetch_logs(self, tail: int = 100) -> dict[str, str]:
         deployment = self._deployment()
         if deployment is None:
             return {}
-        selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"].get("matchLabels", {}).items())
         # One-off Job pods may carry the app's labels too; they are not replicas.
-        query = {"labelSelector": f"{selector},!job-name"}
-        pods = self._request("GET", self._ns("/api/v1", "pods"), "pods", query=query)["items"]
+        pods = self._pods(deployment["spec"]["selector"].get("matchLabels", {}), "!job-name")
         return {p["metadata"]["name"]: self._pod_log(p["metadata"]["name"], tail) for p in pods}
 
     def replica_urls(self) -> list[str]:
@@ -534,68 +348,26 @@ class KubernetesTarget(DeployTarget):
         """What ``deploy`` would change, from server-side dry-run applies; nothing is changed."""
         plan = DeployPlan(namespace=self.namespace, image=image, version=version)
         objects = self._manifests(image, version)
-        ns_live = self._request("GET", f"/api/v1/namespaces/{self.namespace}", f"namespace {self.namespace}",
-                                missing_ok=True)
+        ns_live = self._namespace()
         if ns_live is None:
             plan.objects.append(ObjectPlan(kind="Namespace", name=self.namespace, action="create"))
         live_secret = None if ns_live is None else self._request(
             "GET", self._ns("/api/v1", "secrets", self.secret_name), f"secret {self.secret_name}",
             missing_ok=True, secret=True)
-        plan.objects.append(_secret_plan(self.secret_name, live_secret, self._secret_body(env)["data"]))
+        plan.objects.append(secret_plan(self.secret_name, live_secret, self._secret_body(env)["data"]))
         for obj in objects:
             prefix, plural = KINDS[obj["kind"]]
             name = obj["metadata"]["name"]
             live = None if ns_live is None else self._request(
                 "GET", self._ns(prefix, plural, name), f"{obj['kind']} {name}", missing_ok=True)
             after = obj if ns_live is None else self._apply(obj, dry_run=True)
-            before_text = _yaml(_comparable(live)) if live else ""
-            after_text = _yaml(_comparable(after))
-            diff = "".join(difflib.unified_diff(before_text.splitlines(True), after_text.splitlines(True),
-                                                f"live/{obj['kind']}/{name}", f"applied/{obj['kind']}/{name}"))
-            action = "create" if live is None else ("update" if diff else "unchanged")
-            plan.objects.append(ObjectPlan(kind=obj["kind"], name=name, action=action, diff=diff))
+            plan.objects.append(object_plan(obj["kind"], name, live, after))
         return plan
 
 
-def _revision_number(rs: dict) -> int:
-    try:
-        return int((rs["metadata"].get("annotations") or {}).get(REVISION, "0"))
-    except ValueError:
-        return 0
-
-
-def _replica_status(pod: dict, container_name: str) -> ReplicaStatus:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    cs = next((c for c in statuses if c.get("name") == container_name), statuses[0] if statuses else {})
-    state = cs.get("state") or {}
-    detail = ((state.get("waiting") or {}).get("reason") or ("terminated" if state.get("terminated") else "")
-              or ("running" if state.get("running") else (pod.get("status") or {}).get("phase", "")))
-    return ReplicaStatus(name=pod["metadata"]["name"], image=cs.get("image", ""), ready=bool(cs.get("ready")),
-                         detail=detail)
-
-
-def _comparable(obj: dict | None) -> dict:
-    """An object without what the server changes on every write."""
-    obj = copy.deepcopy(obj or {})
-    obj.pop("status", None)
-    meta = obj.get("metadata", {})
-    for volatile in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
-        meta.pop(volatile, None)
-    return obj
-
-
-def _yaml(obj: dict) -> str:
-    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False)
-
-
-def _secret_plan(name: str, live: dict | None, wanted: Mapping[str, str]) -> ObjectPlan:
-    """Secret changes by key name only: values never reach a plan."""
-    have = (live or {}).get("data") or {}
-    lines = [f"+ {k}" for k in sorted(set(wanted) - set(have))]
-    lines += [f"- {k}" for k in sorted(set(have) - set(wanted))]
-    lines += [f"~ {k} (value changed)" for k in sorted(set(have) & set(wanted)) if have[k] != wanted[k]]
-    action = "create" if live is None else ("update" if lines else "unchanged")
-    return ObjectPlan(kind="Secret", name=name, action=action, diff="\n".join(lines))
+def _selector(labels: Mapping[str, str], *requirements: str) -> str:
+    """A label selector: ``k=v`` for each label, then requirements such as ``!job-name``."""
+    return ",".join([f"{k}={v}" for k, v in labels.items()] + list(requirements))
 
 
 __all__ = ["DeployPlan", "KubernetesTarget", "ObjectPlan"]

@@ -12,6 +12,7 @@ from prefect.filesystems import LocalFileSystem
 
 from blocks.database import PostgresDatabase
 from blocks.docker_target import DockerTarget
+from blocks.kubernetes_target import KubernetesTarget
 from blocks.environment import PerformanceTargets, Role, StagingEnvironment
 from blocks.registry import ImageRegistry
 from blocks.slack import SlackChannel
@@ -27,13 +28,7 @@ SANDBOX_APPROVERS = {
 }
 
 
-def block_types() -> list[type]:
-    types: list[type] = [StagingEnvironment, DockerTarget, ImageRegistry, PostgresDatabase, SlackChannel]
-    try:
-        from blocks.kubernetes_target import KubernetesTarget
-    except ImportError:  # TODO(lead): import at top once the Kubernetes target lands
-        return types
-    return [*types, KubernetesTarget]
+BLOCK_TYPES = [StagingEnvironment, DockerTarget, KubernetesTarget, ImageRegistry, PostgresDatabase, SlackChannel]
 
 
 def sandbox_environment(secrets: dict[str, str]) -> StagingEnvironment:
@@ -75,6 +70,9 @@ def sandbox_environment(secrets: dict[str, str]) -> StagingEnvironment:
             "LOG_FORMAT": "json",
             "SESSION_TIMEOUT": "3600",
             "CORS_ALLOWED_ORIGINS": "https://dashboard.architect.localhost",
+            # A stopping replica first answers 503 on /health and drops keep-alives for a
+            # second, so nginx stops reusing its connections before it closes them.
+            "SHUTDOWN_DELAY": "1",
         },
         app_secrets=SecretDict({"JWT_SECRET": secrets["jwt_secret"], "ENCRYPTION_KEY": secrets["encryption_key"]}),
         smoke_user="smoke",
@@ -85,7 +83,7 @@ def sandbox_environment(secrets: dict[str, str]) -> StagingEnvironment:
 
 
 def save_sandbox_environment() -> StagingEnvironment:
-    for block_type in block_types():
+    for block_type in BLOCK_TYPES:
         block_type.register_type_and_schema()
     environment = sandbox_environment(config.ensure_secrets())
     environment.save(SANDBOX, overwrite=True)

@@ -21,6 +21,10 @@ class DeployTarget(Block, abc.ABC):
 
     _block_schema_capabilities = ["deploy-target"]
 
+    def with_checkout(self, repo_dir: str) -> "DeployTarget":
+        """This target reading what it needs (manifests, templates) from an app checkout."""
+        return self
+
     @abc.abstractmethod
     def check_reachable(self) -> str:
         """Answer a cheap read (no change); return a one-line description, raise on failure."""

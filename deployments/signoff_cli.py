@@ -104,7 +104,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
             return 1
         run_input = {"role": role.value, "name": name, "decision": args.decision, "notes": args.notes}
         try:
-            resume_flow_run(args.run_id, run_input=run_input)
+            resume_flow_run(args.run_id, run_input=run_input, _sync=True)
         except FlowPauseTimeout:
             print("Refused: the sign-off has timed out; the run is rolling back.", file=sys.stderr)
             return 1

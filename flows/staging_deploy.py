@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from prefect import flow
@@ -20,12 +22,14 @@ from tasks.checks import check_health
 from tasks.deploy import deploy_release, record_current_revision, run_migrations
 from tasks.errors import DeployError, GateFailed, InvalidInput
 from tasks.lock import DeployLocked, deploy_lock
+from tasks.metrics import check_metrics
 from tasks.models import CheckResult, GateReport, Verdict
 from tasks.notify import RunNotifier, flow_run_url
 from tasks.preflight import run_preflight
+from tasks.smoke import run_smoke_suite
 
-STAGES = ["preflight", "build", "migrate", "deploy", "health"]
-# Stages after which a failure means the target changed and must be rolled back.
+STAGES = ["preflight", "build", "migrate", "deploy", "health", "smoke", "metrics"]
+# From this stage on the target has changed: a failure rolls it back.
 ROLLBACK_FROM = "deploy"
 
 Version = Annotated[str | None, Field(pattern=SEMVER.pattern), AfterValidator(lambda v: v and check_semver(v))]
@@ -63,54 +67,60 @@ def staging_deploy(
         environment: Name of the Staging Environment block to deploy to (e.g. sandbox, staging).
         on_collision: When another deploy to the same environment is running: wait for it, or cancel this run (nightly).
     """
-    logger = get_run_logger()
     env = load_environment(environment)
-    run_id = str(get_run_context().flow_run.id)
     notifier = RunNotifier(
         slack=env.slack,
         title=f"Staging deploy of {version or git_ref} to {environment}",
-        run_url=flow_run_url(run_id),
-        logger=logger,
+        run_url=flow_run_url(str(get_run_context().flow_run.id)),
+        logger=get_run_logger(),
         stage_names=STAGES,
     )
-    stage, previous = "preflight", None
-    lock = ExitStack()
+    held = ExitStack()
+    stage, previous = STAGES[0], None
     try:
         try:
-            waited = lock.enter_context(deploy_lock(environment, wait=on_collision == "wait"))
+            waited = held.enter_context(deploy_lock(environment, wait=on_collision == "wait"))
         except DeployLocked as exc:
             notifier.finish(f"➖ skipped: {exc}")
             return Cancelled(message=f"{exc}; this run was cancelled (on_collision=cancel)")
-        with notifier.running("preflight"):
-            held = CheckResult(name="deploy lock", verdict=Verdict.PASS, detail=f"held by this run (waited {waited:.1f} s)")
-            require(run_preflight(env, environment, git_ref, extra_checks=[held]))
-        stage = "build"
-        with notifier.running("build"):
-            build = build_release(env.app_repo, git_ref, version, env.registry, env.builder_docker_host)
-        previous = record_current_revision(env.target)
-        stage = "migrate"
-        with notifier.running("migrate"):
-            run_migrations(env.target, build.digest, env.app_environment())
-        stage = "deploy"
-        with notifier.running("deploy"):
-            deploy_release(env.target, build.digest, build.version, env.app_environment(), env.rollout_timeout_s)
-        stage = "health"
-        with notifier.running("health"):
-            require(check_health(env, env.target.replica_urls(), env.health_timeout_s))
-    except Exception as exc:  # any failure ends the run through _fail, rolled back if needed
+        workspace = held.enter_context(tempfile.TemporaryDirectory(prefix="architect-build-"))
+
+        with notifier.running(stage := "preflight"):
+            lock = CheckResult(name="deploy lock", verdict=Verdict.PASS, detail=f"taken after {waited:.1f} s")
+            require(run_preflight(env, environment, git_ref, extra_checks=[lock]))
+        with notifier.running(stage := "build"):
+            build = build_release(env.app_repo, git_ref, version, env.registry, env.builder_docker_host, workspace)
+        target = env.target.with_checkout(build.source_dir)
+        previous = record_current_revision(target)
+        with notifier.running(stage := "migrate"):
+            run_migrations(target, build.digest, env.app_environment())
+        with notifier.running(stage := "deploy"):
+            deploy_release(target, build.digest, build.version, env.app_environment(), env.rollout_timeout_s)
+        deployed_at = datetime.now(timezone.utc)
+        with notifier.running(stage := "health"):
+            require(check_health(env, target.replica_urls(), env.health_timeout_s))
+        with notifier.running(stage := "smoke"):
+            require(run_smoke_suite(env))
+        with notifier.running(stage := "metrics"):
+            require(check_metrics(env, since=deployed_at))
+    except Exception as exc:  # any failure ends the run here, rolled back when the target changed
         reason = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
         return _fail(notifier, environment, stage, reason, previous)
     else:
         notifier.finish(f"✅ {build.version} is live on {environment}")
-        create_table_artifact(
-            key="stage-timings",
-            table=[{"stage": name, "seconds": seconds} for name, seconds in notifier.timings().items()],
-            description="How long each stage took",
-        )
+        _report_timings(notifier)
         return Completed(message=f"{build.version} ({build.commit[:12]}) deployed to {environment}", data=build)
     finally:
-        lock.close()
+        held.close()
         notifier.close()
+
+
+def _report_timings(notifier: RunNotifier) -> None:
+    create_table_artifact(
+        key="stage-timings",
+        table=[{"stage": name, "seconds": seconds} for name, seconds in notifier.timings().items()],
+        description="How long each stage took",
+    )
 
 
 def _fail(notifier: RunNotifier, environment: str, stage: str, reason: str, previous) -> State:
@@ -128,4 +138,5 @@ def _fail(notifier: RunNotifier, environment: str, stage: str, reason: str, prev
         return Failed(message=f"{stage} failed: {reason}; ROLLBACK FAILED: {exc}")
     notifier.reply(f"↩️ {report.summary()}")
     notifier.finish(f"❌ {stage} failed; {report.summary()}")
+    _report_timings(notifier)
     return Failed(message=f"{stage} failed: {reason}; {report.summary()}")

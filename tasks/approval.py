@@ -274,9 +274,9 @@ def collect_signoffs(
             save_ledger(ledger)
             form = SignOffInput.with_initial_data(description=describe(ledger, record))
             logger.info("Waiting for sign-off %d/4 (pause %s, %.0f s left)", len(ledger.signed), ledger.pause_key, remaining)
-            try:
+            try:  # _sync: Prefect would hand back a coroutine if this thread ran an event loop
                 entry = pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=poll_interval_s,
-                                       key=ledger.pause_key)
+                                       key=ledger.pause_key, _sync=True)
             except FlowPauseTimeout:
                 _resume_after_timeout(flow_run_id)
                 break
@@ -319,6 +319,9 @@ def _resume_after_timeout(flow_run_id: UUID) -> None:
         state = client.read_flow_run(flow_run_id).state
         if state is not None and state.is_running():
             return
+        if state is None or state.is_cancelling() or state.is_cancelled():
+            # Someone cancelled the paused run: never bring it back to life.
+            raise GateFailed("not signed off: the run was cancelled while waiting for sign-off", stage=STAGE)
         client.set_flow_run_state(flow_run_id, Running(message="sign-off timed out; rolling back"), force=True)
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -243,20 +241,17 @@ def build_release(
     version: str | None,
     registry: ImageRegistry,
     docker_host: str,
+    workspace: str,
 ) -> BuildResult:
-    """The whole build stage, in the guide's order, in a workspace removed afterwards."""
-    workspace = tempfile.mkdtemp(prefix="architect-build-")
-    try:
-        source = checkout_source(app_repo, git_ref, workspace)
-        version = release_version(version, source, git_ref)
-        tests = run_go_tests(source)
-        built_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-        build_binary(source, version, built_at)
-        tag = build_image(docker_host, source, registry, version, built_at)
-        pinned = push_image(docker_host, registry, version)
-        schema_version = verify_image(docker_host, pinned, version, source.commit)
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+    """The whole build stage, in the guide's order, in ``workspace`` (the caller removes it)."""
+    source = checkout_source(app_repo, git_ref, workspace)
+    version = release_version(version, source, git_ref)
+    tests = run_go_tests(source)
+    built_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    build_binary(source, version, built_at)
+    tag = build_image(docker_host, source, registry, version, built_at)
+    pinned = push_image(docker_host, registry, version)
+    schema_version = verify_image(docker_host, pinned, version, source.commit)
     return BuildResult(
         version=version,
         git_ref=git_ref,
@@ -267,4 +262,5 @@ def build_release(
         coverage={p.package: p.coverage for p in tests.packages if p.coverage is not None},
         tests_passed=sum(p.passed for p in tests.packages),
         schema_version=schema_version,
+        source_dir=source.path,
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import logging
 import math
-from collections import Counter
 
 from pydantic import BaseModel, Field, SecretStr
 from prefect import get_run_logger, task
@@ -231,7 +230,11 @@ def latency_chart_svg(runs: list[ProfileRun], targets: PerformanceTargets, width
 def report_markdown(report: LoadReport, svg: str, mix=API_MIX) -> str:
     image = base64.b64encode(svg.encode()).decode()
     lines = [f"# Load test: {report.verdict.value}", "", report.reason, ""]
-    lines += [f"- **{f.message}**" for f in report.failed_targets]
+    if report.verdict == Verdict.INCONCLUSIVE and report.failed_targets:
+        lines += ["Seen over the targets while the generator could not keep up (not a verdict on the service):", ""]
+        lines += [f"- {f.message}" for f in report.failed_targets]
+    else:
+        lines += [f"- **{f.message}**" for f in report.failed_targets]
     lines += [f"- {w}" for w in report.warnings]
     lines += ["", f"![latency over time](data:image/svg+xml;base64,{image})", "",
               "| profile | endpoint | requests | errors | p50 ms | p99 ms |", "|---|---|---:|---:|---:|---:|"]
@@ -246,7 +249,7 @@ def _table(report: LoadReport) -> list[dict]:
     return [{"profile": p.name, "offered req/s": round(p.offered_rps), "served req/s": round(p.throughput_rps, 1),
              "requests": p.requests, "p50 ms": round(p.p50_ms, 1), "p95 ms": round(p.p95_ms, 1),
              "p99 ms": round(p.p99_ms, 1), "max ms": round(p.max_ms, 1), "error rate": f"{p.error_rate:.3%}",
-             "errors": ", ".join(f"{k}: {v}" for k, v in sorted(p.errors.items())) or "-",
+             "errors": ", ".join(f"{k}: {v}" for k, v in sorted(p.errors.items())) or "none",
              "generator": f"{p.generator_processes} proc, cpu {p.generator_cpu_max:.0%}, "
                           f"lag p99 {p.send_lag_p99_ms:.1f} ms", "saturated": "; ".join(p.saturation) or "no"}
             for p in report.profiles]

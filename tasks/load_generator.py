@@ -15,7 +15,10 @@ log-bucketed histograms (counts add up; percentiles are never averaged).
 It watches itself: a process whose CPU exceeds ``max_cpu_share`` of a core, that sent fewer than
 ``min_send_ratio`` of its due requests in the window, or whose p99 send lag (actual start minus
 intended) exceeds ``max_send_lag_ms`` makes the run *saturated*: the caller must call that
-inconclusive, never a pass or a fail of the service.
+inconclusive, never a pass or a fail of the service. Each reason also says how long the process
+waited for a CPU (Linux schedstat), which tells "too slow" from "crowded out by other work".
+Latency waiting for a pooled connection is counted (it is measured from the intended time), but
+is not send lag: a stalled server that fills the pool is the server's latency, not the generator's.
 
 Bounds: loopback targets only; each process stops dispatching one second after the window
 and abandons what is still in flight ``timeout_s`` later; the parent kills stragglers.
@@ -164,7 +167,10 @@ def check_loopback(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ValueError(f"load target {parts.hostname} does not resolve: {exc}") from exc
     bad = {i[4][0] for i in infos if not ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback}
     if bad or not infos:
         raise ValueError(f"load targets must be loopback; {parts.hostname} resolves to {sorted(bad)}")
@@ -331,7 +337,12 @@ def _process_main(conn, config: GeneratorConfig, profile: LoadProfile, index: in
     import aiohttp
     import uvloop
 
+    def quiet(loop, context):  # connections torn down mid-TLS under overload: counted, not printed
+        if not isinstance(context.get("exception"), (OSError, RuntimeError, ssl.SSLError)):
+            loop.default_exception_handler(context)
+
     async def main():
+        asyncio.get_running_loop().set_exception_handler(quiet)
         worker = _Worker(config, profile, index, nprocs)
         try:
             await asyncio.wait_for(worker.setup(aiohttp), SETUP_TIMEOUT_S)

@@ -72,6 +72,7 @@ class BuildResult(BaseModel):
     coverage: dict[str, float] = Field(default_factory=dict, description="package -> statement coverage %")
     tests_passed: int = 0
     schema_version: int | None = Field(None, description="schema version the image's migrations reach")
+    source_dir: str = Field("", description="The checkout it was built from (kept until the run ends)")
 
 
 class Revision(BaseModel):

@@ -170,3 +170,43 @@ def test_the_chart_is_an_svg_with_the_profiles_and_targets(serve):
     assert svg.count("<polyline") == 6 and "errors</title>" in svg
     markdown = report_markdown(judge(runs, PerformanceTargets()), svg)
     assert "data:image/svg+xml;base64," in markdown
+
+
+def environment(api_url: str, **overrides):
+    from blocks.database import PostgresDatabase
+    from blocks.docker_target import DockerTarget
+    from blocks.environment import StagingEnvironment
+    from blocks.registry import ImageRegistry
+
+    fields = dict(kind="sandbox", app_repo="/nonexistent", api_url=api_url, target=DockerTarget(),
+                  registry=ImageRegistry(address="127.0.0.1:1"), database=PostgresDatabase(password="db-unused"),
+                  prometheus_url="http://127.0.0.1:1", smoke_password="pw",
+                  performance=PerformanceTargets(min_rps=50, target_rps=100, peak_rps=100))
+    return StagingEnvironment(**(fields | overrides))
+
+
+def test_the_task_returns_a_report_for_each_profile(serve):
+    from tasks.load import run_load_test
+
+    url, b = serve(delay_s=0.002)
+    report = run_load_test.fn(environment(url), profiles=["light", "medium"], duration_s=2, warmup_s=0.5)
+    assert [p.name for p in report.profiles] == ["light", "medium"]
+    assert [p.offered_rps for p in report.profiles] == [50, 100]
+    assert report.requests == sum(p.requests for p in report.profiles) and 290 <= report.requests <= 310
+    assert b.paths.count("/api/v1/auth/login") == 2  # one login per generator process, per profile
+    assert report.error_rate == 0 and report.p50_ms >= 2
+    assert report.verdict in (Verdict.PASS, Verdict.INCONCLUSIVE), report.reason
+
+
+def test_the_task_refuses_bad_input_and_reports_a_refused_login_as_a_failure(serve):
+    from tasks.errors import InvalidInput
+    from tasks.load import run_load_test
+
+    with pytest.raises(InvalidInput, match="loopback"):
+        run_load_test.fn(environment("https://10.0.0.1"), profiles=["light"], duration_s=1)
+    with pytest.raises(InvalidInput, match="unknown profiles"):
+        run_load_test.fn(environment("http://127.0.0.1:9"), profiles=["enormous"])
+    url, b = serve()
+    report = run_load_test.fn(environment(url, smoke_password="wrong"), profiles=["light"], duration_s=1)
+    assert report.verdict == Verdict.FAIL and report.failed_targets[0].metric == "setup"
+    assert "401" in report.reason and "wrong" not in report.reason

@@ -11,8 +11,9 @@ from blocks.database import PostgresDatabase
 from blocks.docker_target import DockerTarget
 from blocks.environment import StagingEnvironment
 from blocks.registry import ImageRegistry
-from tasks.checks import Redactor, SMOKE_CHECKS, check_health, run_smoke_suite
+from tasks.checks import Redactor, check_health
 from tasks.models import Verdict
+from tasks.smoke import SMOKE_CHECKS, run_smoke_suite
 from tests._fake_api import PASSWORD, FakeApi
 
 ALL_SMOKE = [name for name, _ in SMOKE_CHECKS] + ["security: certificate valid", "security: rate limiting"]

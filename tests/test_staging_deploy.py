@@ -29,6 +29,16 @@ def wait_for_final_state(flow_run_id, timeout_s: float):
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout_s} s")
 
 
+def slack_thread_of(messages: list[dict], state) -> tuple[list[dict], list[dict], list[dict]]:
+    """The run's own Slack message (posts, updates) and the replies in its thread."""
+    run_id = str(state.state_details.flow_run_id)
+    posts = [m for m in messages if m["kind"] == "chat.postMessage" and not m.get("thread_ts") and run_id in m["text"]]
+    timestamps = {m["ts"] for m in posts}
+    updates = [m for m in messages if m["kind"] == "chat.update" and m["ts"] in timestamps]
+    replies = [m for m in messages if m.get("thread_ts") in timestamps]
+    return posts, updates, replies
+
+
 def task_runs_of(state) -> list:
     with get_client(sync_client=True) as client:
         return client.read_task_runs(
@@ -67,10 +77,8 @@ def test_good_release_deploys_without_a_failed_request(sandbox_env, slack_messag
     assert len(sandbox_env.target.replica_urls()) == 3
     assert api_health()["status_code"] == 200
     assert load.sent > 50 and load.failures == []
-    messages = slack_messages()
-    posts = [m for m in messages if m["method"] == "chat.postMessage" and not m.get("thread_ts")]
-    assert len(posts) == 1, "one Slack message per run"
-    updates = [m for m in messages if m["method"] == "chat.update"]
+    posts, updates, _ = slack_thread_of(slack_messages(), state)
+    assert len(posts) == 1, "one Slack message per run, updated in place"
     assert updates and "is live" in updates[-1]["text"] and "/runs/flow-run/" in updates[-1]["text"]
 
 
@@ -94,7 +102,7 @@ def test_bad_release_is_rolled_back_automatically(
     assert serving_versions(sandbox_env) == {deployed_good_release}
     assert api_health()["status_code"] == 200
     assert load.failures == [] and load.sent > 50
-    replies = [m for m in slack_messages() if m.get("thread_ts")]
+    _, _, replies = slack_thread_of(slack_messages(), state)
     assert any("deploy failed" in m["text"] for m in replies)
     assert any("rolled back to revision" in m["text"] for m in replies)
 

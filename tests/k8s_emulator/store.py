@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import copy
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -333,7 +332,3 @@ def _pod_defaults(spec: Any) -> None:
         spec.setdefault("dnsPolicy", "ClusterFirst")
         for container in spec.get("containers") or []:
             container.setdefault("resources", {})
-
-
-def monotonic() -> float:
-    return time.monotonic()
