@@ -11,9 +11,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
-from pydantic import Field, SecretStr
 from prefect.blocks.core import Block
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from pydantic import Field, SecretStr
 
 
 class PostgresDatabase(Block):
@@ -47,6 +47,9 @@ class PostgresDatabase(Block):
     retention_hours: float = Field(24.0, gt=0, description="Backups older than this are pruned")
     backup_size_ratio: float = Field(
         1.0, gt=0, description="Free space preflight wants for a backup, as a multiple of pg_database_size"
+    )
+    restore_maintenance_work_mem_mb: int = Field(
+        256, ge=1, description="maintenance_work_mem of the restore session (its index builds)"
     )
     pg_bin_dir: str | None = Field(
         None, description="Directory of pg_dump/pg_restore/psql; empty: the one matching the server's major version"
@@ -113,7 +116,7 @@ class PostgresDatabase(Block):
         env["PGCONNECT_TIMEOUT"] = "10"
         return env
 
-    def backups(self) -> "BackupStorage":
+    def backups(self) -> BackupStorage:
         """The backup storage, wrapped for streaming (see BackupStorage)."""
         return BackupStorage(self.backup_storage)
 
@@ -124,7 +127,7 @@ _tool_majors: dict[str, int] = {}
 
 def _tool_major(path: str) -> int:
     if path not in _tool_majors:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
         match = _TOOL_VERSION.search(out)
         _tool_majors[path] = int(match.group(1)) if match else 0
     return _tool_majors[path]

@@ -94,6 +94,10 @@ class StagingEnvironment(Block):
     allowed_origin: str = Field(
         "https://dashboard.architect.localhost", description="An origin CORS must allow (the smoke suite checks it)"
     )
+    load_profiles: list[Literal["light", "medium", "heavy", "sustained"]] = Field(
+        default_factory=lambda: ["light", "medium", "heavy"],
+        description="Load profiles a run uses unless it names its own (a 2-core sandbox cannot generate 'heavy' honestly)",
+    )
     rollout_timeout_s: float = Field(300, gt=0, le=3600, description="Deadline for a rollout or an undo")
     health_timeout_s: float = Field(60, gt=0, le=3600, description="Deadline for the health gate")
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,16 +15,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from tasks.errors import PermanentError, TemporaryError
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
+from tasks.logs import run_logger
 
 
 def call(api: k8s.ApiClient, method: str, path: str, what: str, *, timeout_s: float,
@@ -35,7 +25,7 @@ def call(api: k8s.ApiClient, method: str, path: str, what: str, *, timeout_s: fl
 
     ``secret`` keeps the server's message out of errors: it could quote what was sent.
     """
-    _logger().info("kubernetes: %s %s", method, what)
+    run_logger(__name__).info("kubernetes: %s %s", method, what)
     params = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
     headers = {"Accept": "text/plain" if text else "application/json", "Content-Type": content_type}
     try:

@@ -11,7 +11,8 @@ from prefect.deployments import run_deployment
 from sandbox import config
 from tasks.notify import flow_run_url
 
-DEMO_PARAMETERS = {"git_ref": "v3.2.0", "version": "3.2.0", "environment": "sandbox"}
+# Unattended: the sandbox (only the sandbox) may skip the leads' sign-off.
+DEMO_PARAMETERS = {"git_ref": "v3.2.0", "version": "3.2.0", "environment": "sandbox", "skip_signoff": True}
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound, PrefectHTTPStatusError
 from prefect.flow_runs import resume_flow_run
@@ -39,7 +39,7 @@ from tasks.notify import flow_run_url
 FLOW = "staging-deploy"
 
 
-def waiting_runs(client: SyncPrefectClient, flow_name: str = FLOW) -> list[tuple[object, Ledger | None]]:
+def waiting_runs(client: SyncPrefectClient, flow_name: str = FLOW) -> list[tuple[FlowRun, Ledger | None]]:
     """Paused runs of the flow, oldest first, each with its sign-off ledger (None: not a sign-off pause)."""
     runs = client.read_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),

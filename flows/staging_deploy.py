@@ -17,10 +17,12 @@ from pydantic import AfterValidator, Field
 from blocks.environment import StagingEnvironment
 from blocks.validation import GIT_REF_CHARS, NAME, SEMVER, check_git_ref, check_name, check_semver
 from flows.rollback import rollback
+from tasks.approval import publish_signoff_document, sign_off_release, signoff_required
 from tasks.build import build_release
 from tasks.checks import check_health
 from tasks.deploy import deploy_release, record_current_revision, run_migrations
 from tasks.errors import DeployError, GateFailed, InvalidInput
+from tasks.load import LoadReport, run_load_test
 from tasks.lock import DeployLocked, deploy_lock
 from tasks.metrics import check_metrics
 from tasks.models import CheckResult, GateReport, Verdict
@@ -28,7 +30,7 @@ from tasks.notify import RunNotifier, flow_run_url
 from tasks.preflight import run_preflight
 from tasks.smoke import run_smoke_suite
 
-STAGES = ["preflight", "build", "migrate", "deploy", "health", "smoke", "metrics"]
+STAGES = ["preflight", "build", "migrate", "deploy", "health", "smoke", "load", "metrics", "sign-off"]
 # From this stage on the target has changed: a failure rolls it back.
 ROLLBACK_FROM = "deploy"
 
@@ -37,11 +39,14 @@ GitRef = Annotated[str, Field(pattern=GIT_REF_CHARS), AfterValidator(check_git_r
 EnvironmentName = Annotated[str, Field(pattern=NAME.pattern), AfterValidator(check_name)]
 
 
-def require(report: GateReport) -> GateReport:
-    """A gate passes only on PASS; inconclusive is not a pass."""
-    if report.verdict != Verdict.PASS:
-        raise GateFailed(report.summary(), stage=report.stage, result=report)
-    return report
+def require(*reports: GateReport | LoadReport) -> None:
+    """Gates pass only on PASS (inconclusive is not a pass). Every failing gate is named,
+    so a release that fails load and metrics says so both ways."""
+    failed = [r for r in reports if r.verdict != Verdict.PASS]
+    if failed:
+        reasons = [r.summary() if isinstance(r, GateReport) else f"load: {r.reason}" for r in failed]
+        first = failed[0]
+        raise GateFailed("; ".join(reasons), stage=first.stage if isinstance(first, GateReport) else "load")
 
 
 def load_environment(name: str) -> StagingEnvironment:
@@ -57,6 +62,11 @@ def staging_deploy(
     version: Version = None,
     environment: EnvironmentName = "sandbox",
     on_collision: Literal["wait", "cancel"] = "wait",
+    load_profiles: list[Literal["light", "medium", "heavy", "sustained"]] | None = None,
+    load_duration_s: Annotated[float, Field(gt=0, le=3600)] = 10.0,
+    sustained_duration_s: Annotated[float, Field(gt=0, le=86400)] = 600.0,
+    signoff_timeout_h: Annotated[float, Field(gt=0, le=168)] = 24.0,
+    skip_signoff: bool = False,
 ) -> State:
     """Take one release of the Architect Dashboard API to a signed-off staging deployment,
     or back to the last good release when any gate fails.
@@ -66,8 +76,14 @@ def staging_deploy(
         version: Semantic version to stamp and tag the image with (e.g. 3.2.0); empty derives it from the VERSION file and the commit.
         environment: Name of the Staging Environment block to deploy to (e.g. sandbox, staging).
         on_collision: When another deploy to the same environment is running: wait for it, or cancel this run (nightly).
+        load_profiles: Load profiles to run (light, medium, heavy, sustained); empty uses the environment's.
+        load_duration_s: Seconds of each load profile, after a short warm-up.
+        sustained_duration_s: Seconds of the sustained profile, when it is asked for.
+        signoff_timeout_h: Hours the leads have to sign off before the release is rolled back.
+        skip_signoff: Deploy without the leads' sign-off; refused for every environment but the sandbox.
     """
     env = load_environment(environment)
+    needs_signoff = signoff_required(env, skip_signoff)
     notifier = RunNotifier(
         slack=env.slack,
         title=f"Staging deploy of {version or git_ref} to {environment}",
@@ -98,17 +114,28 @@ def staging_deploy(
             deploy_release(target, build.digest, build.version, env.app_environment(), env.rollout_timeout_s)
         deployed_at = datetime.now(timezone.utc)
         with notifier.running(stage := "health"):
-            require(check_health(env, target.replica_urls(), env.health_timeout_s))
+            require(health := check_health(env, target.replica_urls(), env.health_timeout_s))
         with notifier.running(stage := "smoke"):
-            require(run_smoke_suite(env))
+            require(smoke := run_smoke_suite(env))
+        with notifier.running(stage := "load"):
+            load = run_load_test(env, load_profiles or env.load_profiles, load_duration_s, sustained_duration_s)
         with notifier.running(stage := "metrics"):
-            require(check_metrics(env, since=deployed_at))
+            # Metrics are read even after a failed load test: the report then names both.
+            require(load, metrics := check_metrics(env, since=deployed_at))
+        stage = "sign-off"
+        if needs_signoff:  # the sign-off keeps the run's Slack line itself, so no notifier.running here
+            record = sign_off_release(env, build, [health, smoke, metrics], load, signoff_timeout_h * 3600, notifier)
+        else:
+            notifier.stage("sign-off", "skipped", "sandbox run without sign-off")
     except Exception as exc:  # any failure ends the run here, rolled back when the target changed
         reason = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+        stage = exc.stage if getattr(exc, "stage", None) in STAGES else stage
         return _fail(notifier, environment, stage, reason, previous)
     else:
         notifier.finish(f"✅ {build.version} is live on {environment}")
         _report_timings(notifier)
+        if needs_signoff:
+            publish_signoff_document(record)  # again, so the signed document is the run's last artifact
         return Completed(message=f"{build.version} ({build.commit[:12]}) deployed to {environment}", data=build)
     finally:
         held.close()
@@ -125,6 +152,7 @@ def _report_timings(notifier: RunNotifier) -> None:
 
 def _fail(notifier: RunNotifier, environment: str, stage: str, reason: str, previous) -> State:
     """End the run Failed naming the stage; roll back first when the target was touched."""
+    notifier.stage(stage, "failed", reason[:300])
     if STAGES.index(stage) < STAGES.index(ROLLBACK_FROM):
         notifier.finish(f"❌ {stage} failed; nothing was changed")
         notifier.reply(f"❌ {stage} failed: {reason}")

@@ -23,18 +23,21 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.context import get_run_context
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound, PrefectHTTPStatusError
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput, create_flow_run_input
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Running
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from blocks.environment import Role, StagingEnvironment
 from tasks.errors import GateFailed, InvalidInput
 from tasks.models import BuildResult, GateReport, utcnow
 from tasks.notify import RunNotifier
+from tasks.load import LoadReport
 
 STAGE = "sign-off"
 ARTIFACT_KEY = "sign-off"
@@ -79,9 +82,9 @@ class GateSummary(BaseModel):
     link: str | None = None
 
     @classmethod
-    def of(cls, gate: "GateSummary | GateReport") -> "GateSummary":
+    def of(cls, gate: GateSummary | GateReport) -> GateSummary:
         if isinstance(gate, GateSummary):
-            return gate
+            return gate.model_copy()
         return cls(stage=gate.stage, verdict=str(gate.verdict), summary=gate.summary())
 
 
@@ -142,7 +145,10 @@ class SignOffRecord(BaseModel):
         md = [f"# Sign-off: Architect Dashboard API {self.version} → {self.environment}", "",
               f"```\n{template}\n```", "", "## Release", "", "| | |", "|---|---|",
               f"| Version | {_cell(self.version)} |", f"| Commit | `{_cell(self.commit)}` |",
-              f"| Image | `{_cell(self.digest)}` |", "", *_gates_table(self.gates), *_figures_table(self.figures)]
+              f"| Image | `{_cell(self.digest)}` |", "",
+              *_table("Gates", ["Gate", "Verdict", "Summary", "Report"],
+                      [[g.stage, g.verdict, g.summary, f"[report]({g.link})" if g.link else ""] for g in self.gates]),
+              *_table("Performance", ["Figure", "Value"], [[k, v] for k, v in self.figures.items()])]
         if self.refused:
             md += ["## Refused sign-offs", "", *[f"- {_cell(r)}" for r in self.refused], ""]
         return "\n".join(md)
@@ -163,7 +169,6 @@ def refusal_reason(role: Role, name: str, approvers: dict[Role, list[str]], sign
     for s in signed:
         if s.role == role:
             return f"{role.value} is already signed off by {s.name}; each role signs once"
-    for s in signed:
         if _norm(s.name) == _norm(name):
             return f"{s.name} already signed for {s.role.value}; one person signs one role"
     return None
@@ -221,9 +226,23 @@ def read_ledger(client: SyncPrefectClient, flow_run_id: UUID) -> Ledger | None:
     return Ledger.model_validate_json(value)
 
 
-def artifact_link(artifact_id: UUID | str | None) -> str | None:
-    base = PREFECT_UI_URL.value()
-    return f"{base.rstrip('/')}/artifacts/artifact/{artifact_id}" if base and artifact_id else None
+@task(name="link-gate-reports", cache_policy=NO_CACHE)
+def link_gates(reports: list[GateReport | GateSummary], artifact_keys: dict[str, str]) -> list[GateSummary]:
+    """Each gate with a UI link to the report this run published under ``artifact_keys[stage]``."""
+    flow_run_id = get_run_context().task_run.flow_run_id
+    base = (PREFECT_UI_URL.value() or "").rstrip("/")
+    summaries = [GateSummary.of(report) for report in reports]
+    with get_client(sync_client=True) as client:
+        for summary in summaries:
+            if not (key := artifact_keys.get(summary.stage)) or not base:
+                continue
+            get_run_logger().info("Prefect API: looking up the %s artifact of this run", key)
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
+                                               flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
+                sort=ArtifactSort.CREATED_DESC, limit=1)
+            summary.link = f"{base}/artifacts/artifact/{found[0].id}" if found else None
+    return summaries
 
 
 # -- the wait ---------------------------------------------------------------------------------
@@ -263,8 +282,10 @@ def collect_signoffs(
     if notifier:
         notifier.reply(f"⏸️ Waiting for sign-off from {_who(ledger, ledger.missing)} until "
                        f"{deadline:%Y-%m-%d %H:%M} UTC. {_link(notifier)}")
-    reminders = _Reminders(ledger, timeout_s, notifier, logger)
-    reminders.start()
+    reminders = [threading.Timer(f * timeout_s, _remind, (ledger, f, timeout_s, notifier, logger)) for f in REMINDERS]
+    for timer in reminders:
+        timer.daemon = True
+        timer.start()
     try:
         for attempt in range(1, 1000):  # bounded: every refusal costs a person one form
             remaining = timeout_s - (time.monotonic() - started)
@@ -280,13 +301,18 @@ def collect_signoffs(
             except FlowPauseTimeout:
                 _resume_after_timeout(flow_run_id)
                 break
-            name = " ".join(entry.name.split())
-            if reason := refusal_reason(entry.role, name, approvers, ledger.signed):
-                record.refused.append(f"{name} for {entry.role.value} ({entry.decision}): {reason}")
-                logger.warning("Sign-off refused: %s", reason)
+            except ValidationError as exc:  # passed the server's JSON Schema check but not pydantic's
+                reason, name, entry = f"the form did not validate: {exc.errors()[0]['msg']}", "?", None
+            else:
+                name = " ".join(entry.name.split())
+                reason = refusal_reason(entry.role, name, approvers, ledger.signed)
+            if reason:
+                attempted = f"{name} for {entry.role.value} ({entry.decision})" if entry else "an invalid form"
+                record.refused.append(f"{attempted}: {reason}")
+                logger.warning("Sign-off refused (%s): %s; still waiting", attempted, reason)
                 if notifier:
-                    notifier.reply(f"⛔ Sign-off refused: {_slack(reason)}. Still waiting for "
-                                   f"{_who(ledger, ledger.missing)}.")
+                    notifier.reply(_slack(f"⛔ Sign-off refused ({attempted}): {reason}. "
+                                          f"Still waiting for {_who(ledger, ledger.missing)}."))
                 continue
             signoff = SignOff(role=entry.role, name=canonical_name(entry.role, name, approvers),
                               decision=entry.decision, notes=entry.notes.strip())
@@ -295,12 +321,12 @@ def collect_signoffs(
                 notes = signoff.notes or "no notes"
                 return _end(record, notifier, "rejected",
                             f"not signed off: rejected by {signoff.name} ({signoff.role.value}): {notes}")
-            with reminders.lock:
-                ledger.signed.append(signoff)
+            ledger.signed.append(signoff)
             logger.info("Signed off by %s (%s): %s", signoff.name, signoff.role.value, signoff.notes or "no notes")
             _progress(notifier, ledger)
     finally:
-        reminders.stop()
+        for timer in reminders:
+            timer.cancel()
     record.signoffs = list(ledger.signed)
     if ledger.missing:
         return _end(record, notifier, "timed out",
@@ -358,8 +384,8 @@ def describe(ledger: Ledger, record: SignOffRecord) -> str:
           f"- **Deadline** {ledger.deadline:%Y-%m-%d %H:%M:%S} UTC; unsigned by then, the release rolls back", "",
           "**Gates**", "", *(gates or ["- (none given)"]), "",
           *([f"**Performance:** {figures}", ""] if figures else []),
-          "Choose your role, type your name as listed, approve or reject (a rejection rolls the release "
-          "back), and add notes. Each role signs once; one person signs one role."]
+          ("Choose your role, type your name as listed, approve or reject (a rejection rolls the release "
+           "back), and add notes. Each role signs once; one person signs one role.")]
     return "\n".join(md)
 
 
@@ -370,19 +396,11 @@ def _short_digest(image: str) -> str:
     return f"{name}{sep}{algo}:{hexes[:16]}…{hexes[-8:]}" if len(hexes) > 28 else image
 
 
-def _gates_table(gates: list[GateSummary]) -> list[str]:
-    if not gates:
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
         return []
-    rows = [f"| {_cell(g.stage)} | {_cell(g.verdict)} | {_cell(g.summary)} | "
-            f"{f'[report]({g.link})' if g.link else ''} |" for g in gates]
-    return ["**Gates**", "", "| Gate | Verdict | Summary | Report |", "|---|---|---|---|", *rows, ""]
-
-
-def _figures_table(figures: dict[str, str]) -> list[str]:
-    if not figures:
-        return []
-    rows = [f"| {_cell(k)} | {_cell(v)} |" for k, v in figures.items()]
-    return ["**Performance**", "", "| Figure | Value |", "|---|---|", *rows, ""]
+    return [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows), ""]
 
 
 def _cell(text: str) -> str:
@@ -418,33 +436,43 @@ def _progress(notifier: RunNotifier | None, ledger: Ledger) -> None:
     notifier.stage(STAGE, "waiting", _slack(f"awaiting sign-off {len(ledger.signed)}/4 — signed: {signed}; missing: {missing}"))
 
 
-class _Reminders:
-    """Slack reminders at 50 % and 90 % of the timeout, from a thread: the flow is blocked in the pause."""
+def _remind(ledger: Ledger, fraction: float, timeout_s: float, notifier: RunNotifier | None, logger) -> None:
+    """One Slack reminder, from a timer thread: the flow itself is blocked in the pause."""
+    signed, missing = list(ledger.signed), ledger.missing  # a copy: the flow may append meanwhile
+    text = (f"⏰ Reminder: sign-off {len(signed)}/4, still missing {_who(ledger, missing)}; the release rolls back "
+            f"in {_human(timeout_s * (1 - fraction))} ({ledger.deadline:%Y-%m-%d %H:%M} UTC) unless signed.")
+    logger.info(text)
+    if notifier:
+        notifier.reply(f"{_slack(text)} {_link(notifier)}")
 
-    def __init__(self, ledger: Ledger, timeout_s: float, notifier: RunNotifier | None, logger):
-        self.ledger, self.timeout_s, self.notifier, self.logger = ledger, timeout_s, notifier, logger
-        self.lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._started = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="signoff-reminders", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+# -- what the flow calls ----------------------------------------------------------------------
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(5)
+GATE_ARTIFACTS = {"health": "health-gate", "smoke": "smoke-gate", "load": "load-test-report", "metrics": "metrics-gate"}
 
-    def _run(self) -> None:
-        for fraction in REMINDERS:
-            wait = self._started + fraction * self.timeout_s - time.monotonic()
-            if self._stopped.wait(max(wait, 0)):
-                return
-            with self.lock:
-                missing, signed = list(self.ledger.missing), len(self.ledger.signed)
-            left = _human(self.timeout_s * (1 - fraction))
-            text = (f"⏰ Reminder: sign-off {signed}/4, still missing {_who(self.ledger, missing)}; the release "
-                    f"rolls back in {left} ({self.ledger.deadline:%Y-%m-%d %H:%M} UTC) unless signed.")
-            self.logger.info(text)
-            if self.notifier:
-                self.notifier.reply(f"{_slack(text)} {_link(self.notifier)}")
+
+def performance_figures(load: LoadReport) -> dict[str, str]:
+    """The load test's numbers against the guide's targets, as the sign-off document shows them."""
+    t = load.targets
+    return {
+        "P50 latency": f"{load.p50_ms:,.1f} ms (target < {t.p50_ms:,.0f} ms)",
+        "P95 latency": f"{load.p95_ms:,.1f} ms (target < {t.p95_ms:,.0f} ms)",
+        "P99 latency": f"{load.p99_ms:,.1f} ms (target < {t.p99_ms:,.0f} ms)",
+        "Max latency": f"{load.max_ms:,.1f} ms (target < {t.max_ms:,.0f} ms)",
+        "Throughput": f"{load.throughput_rps:,.0f} req/s (minimum {t.min_rps:,.0f} req/s)",
+        "Error rate": f"{load.error_rate:.3%} (maximum {t.error_rate_max:.1%})",
+    }
+
+
+def sign_off_release(
+    environment: StagingEnvironment,
+    release: BuildResult,
+    gates: list[GateReport],
+    load: LoadReport,
+    timeout_s: float,
+    notifier: RunNotifier | None,
+) -> SignOffRecord:
+    """The sign-off stage: the gates linked to their reports, the figures, and the leads' wait."""
+    load_gate = GateSummary(stage="load", verdict=str(load.verdict), summary=load.reason)
+    linked = link_gates([*gates, load_gate], GATE_ARTIFACTS)
+    return collect_signoffs(environment, release, linked, performance_figures(load), timeout_s, notifier)

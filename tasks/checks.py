@@ -7,30 +7,21 @@ back (status + the first 300 characters of the body, secrets redacted). The flow
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
-from prefect.exceptions import MissingContextError
 
 from blocks.environment import StagingEnvironment
 from tasks.models import CheckResult, GateReport, Verdict
+from tasks.logs import run_logger
 
 EXCERPT_CHARS = 300
-
-
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run logger inside a run, a module logger when called as ``.fn`` in tests."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
 
 
 def publish_table(report: GateReport, key: str, columns: Callable[[CheckResult], dict]) -> None:

@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 import psycopg
-from psycopg import sql
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from psycopg import sql
 from pydantic import BaseModel, Field
 
 from blocks.database import BackupStorage, PostgresDatabase
@@ -160,7 +160,9 @@ def _key(schema: str, name: str) -> str:
     return f"{schema}.{name}"
 
 
-_HASH = {"record": "hash_record_extended(t.*, 0)", "text": "hashtextextended(t::text, 0)"}
+# "count" manifests hold exact row counts only (backup_database(checksums=False)): cheaper, weaker.
+_HASH = {"record": "coalesce(sum(hash_record_extended(t.*, 0)), 0)",
+         "text": "coalesce(sum(hashtextextended(t::text, 0)), 0)", "count": "0"}
 
 
 def _checksum_table(conn: psycopg.Connection, schema: str, name: str, method: str | None = None) -> TableManifest:
@@ -169,7 +171,7 @@ def _checksum_table(conn: psycopg.Connection, schema: str, name: str, method: st
     # hash_record_extended skips the text output (2x faster) but needs a hash opclass for every
     # column type (point, json have none): those tables fall back to hashing the row's text.
     for candidate in [method] if method else ["record", "text"]:
-        query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {} t").format(sql.SQL(_HASH[candidate]), table)
+        query = sql.SQL("SELECT count(*), ({})::text FROM {} t").format(sql.SQL(_HASH[candidate]), table)
         try:
             with conn.transaction():
                 rows, total = conn.execute(query).fetchone()
@@ -180,11 +182,12 @@ def _checksum_table(conn: psycopg.Connection, schema: str, name: str, method: st
     raise AssertionError("unreachable")
 
 
-def _manifest(conn: psycopg.Connection, methods: dict[str, str] | None = None) -> dict[str, TableManifest]:
+def _manifest(conn: psycopg.Connection, methods: dict[str, str] | None = None, default: str | None = None
+              ) -> dict[str, TableManifest]:
     conn.execute(_PINNED)
     methods = methods or {}
     return {
-        _key(s, n): _checksum_table(conn, s, n, (methods.get(_key(s, n)) or "").split(":")[0] or None)
+        _key(s, n): _checksum_table(conn, s, n, (methods.get(_key(s, n)) or "").split(":")[0] or default)
         for s, n in _tables(conn)
     }
 
@@ -265,7 +268,7 @@ def _run(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
 def _failure(tool: str, code: int, stderr: str) -> Exception:
     tail = stderr.strip()[-1500:]
     message = f"{tool} exited {code}: {tail}"
-    transient = re.search(r"lock timeout|could not connect|connection to server|timeout expired", stderr, re.I)
+    transient = re.search(r"lock timeout|could not connect|connection to server|timeout expired", stderr, re.IGNORECASE)
     return TemporaryError(message) if transient else PermanentError(message)
 
 
@@ -274,7 +277,7 @@ def _retry_temporary(task, task_run, state) -> bool:
         state.result()
     except TemporaryError:
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is final
         return False
     return False
 
@@ -287,7 +290,7 @@ def check_database(database: PostgresDatabase) -> GateReport:
     """Preflight: primary and replica answer, schema version, pool use, replication lag, backup space."""
     logger = get_run_logger()
     report = GateReport(stage="preflight: database")
-    add = lambda name, ok, detail: report.checks.append(  # noqa: E731
+    add = lambda name, ok, detail: report.checks.append(
         CheckResult(name=name, verdict=Verdict.PASS if ok else Verdict.FAIL, detail=detail))
     try:
         with database.connect() as conn:
@@ -353,16 +356,25 @@ def _discard(store: BackupStorage, name: str) -> None:
         pass
 
 
-def _pump(src, dst, counter: list[int]) -> None:
-    with dst:
-        while chunk := src.read(BackupStorage.CHUNK):
-            dst.write(chunk)
-            counter[0] += len(chunk)
+def _pump(src, dst, counter: list) -> None:
+    """Copy src to dst in chunks; counter[0] gets the bytes copied, counter[1] an error, if any."""
+    try:
+        with dst:
+            while chunk := src.read(BackupStorage.CHUNK):
+                dst.write(chunk)
+                counter[0] += len(chunk)
+    except Exception as exc:  # recorded for the caller's thread, then re-raised
+        counter[1:] = [exc]
+        raise
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_retry_temporary)
-def backup_database(database: PostgresDatabase, run_label: str = "") -> BackupResult:
-    """``pg_dump -Fc`` as ``pre-deployment-<unix time>`` plus a manifest taken in the dump's own snapshot."""
+def backup_database(database: PostgresDatabase, run_label: str = "", checksums: bool = True) -> BackupResult:
+    """``pg_dump -Fc`` as ``pre-deployment-<unix time>`` plus a manifest taken in the dump's own snapshot.
+
+    The manifest holds exact row counts and, unless ``checksums=False``, a content checksum per
+    table (one more scan of every table, concurrent with pg_dump: see benchmarks/backup_restore.py).
+    """
     logger = get_run_logger()
     store = database.backups()
     created = utcnow()
@@ -376,7 +388,7 @@ def backup_database(database: PostgresDatabase, run_label: str = "") -> BackupRe
         argv = [database.pg_tool("pg_dump", major), "--format=custom", "--no-password",
                 f"--snapshot={snapshot}", f"--lock-wait-timeout={database.lock_timeout_ms}"]
         local = store.local_path(partial)
-        counter, pump = [0], None
+        counter, pump = [0, None], None
         logger.info("pg_dump %s (snapshot %s) -> %s/%s", database.dbname, snapshot, store.describe(), dump_file)
         if local is not None:
             proc = _run([*argv, f"--file={local}"], database.tool_env(), stdout=subprocess.DEVNULL, stderr=stderr)
@@ -387,16 +399,20 @@ def backup_database(database: PostgresDatabase, run_label: str = "") -> BackupRe
         try:
             # The manifest is read while pg_dump runs, in the snapshot pg_dump imported: same rows.
             version, fingerprint = _schema_version(conn), _schema_fingerprint(conn)
-            tables = _manifest(conn)
+            tables = _manifest(conn, default=None if checksums else "count")
             server = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
             code = proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
+            _discard(store, partial)
             raise
         finally:
             if pump:
                 pump.join()
+        if counter[1] is not None:
+            _discard(store, partial)
+            raise TemporaryError(f"writing {partial} to {store.describe()} failed: {counter[1]}")
         if code != 0:
             stderr.seek(0)
             _discard(store, partial)
@@ -458,15 +474,15 @@ def verify_schema(database: PostgresDatabase, expected_version: int) -> Migratio
 # schemas, including objects created after the backup, which `pg_restore --clean` would leave
 # behind (and whose foreign keys would then block it). Schemas are recreated by the dump;
 # `public` is kept because PostgreSQL 15 dumps do not create it.
-_DROP_OWNED_OBJECTS = """DO $restore$
+_DROP_OWNED_OBJECTS = f"""DO $restore$
 DECLARE r record;
 BEGIN
   FOR r IN SELECT n.nspname FROM pg_namespace n WHERE n.nspowner = current_user::regrole
-             AND n.nspname <> 'public' AND {system} LOOP
+             AND n.nspname <> 'public' AND {_SYSTEM_SCHEMAS} LOOP
     EXECUTE format('DROP SCHEMA %I CASCADE', r.nspname);
   END LOOP;
   FOR r IN SELECT c.oid::regclass AS obj, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relowner = current_user::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {system}
+            WHERE c.relowner = current_user::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_SYSTEM_SCHEMAS}
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('e', 'a', 'i')) LOOP
     -- an earlier CASCADE may have dropped it already
     IF to_regclass(r.obj::text) IS NOT NULL THEN
@@ -475,18 +491,18 @@ BEGIN
     END IF;
   END LOOP;
   FOR r IN SELECT p.oid::regprocedure AS obj, p.prokind FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-            WHERE p.proowner = current_user::regrole AND {system}
+            WHERE p.proowner = current_user::regrole AND {_SYSTEM_SCHEMAS}
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') LOOP
     EXECUTE format('DROP %s IF EXISTS %s CASCADE', CASE r.prokind WHEN 'p' THEN 'PROCEDURE'
       WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, r.obj);
   END LOOP;
   FOR r IN SELECT t.oid::regtype AS obj FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-            WHERE t.typowner = current_user::regrole AND {system} AND t.typtype IN ('e', 'd', 'r', 'c')
+            WHERE t.typowner = current_user::regrole AND {_SYSTEM_SCHEMAS} AND t.typtype IN ('e', 'd', 'r', 'c')
               AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e') LOOP
     EXECUTE format('DROP TYPE IF EXISTS %s CASCADE', r.obj);
   END LOOP;
-END $restore$;""".format(system=_SYSTEM_SCHEMAS)
+END $restore$;"""
 
 
 def _discards(conn: psycopg.Connection, backup: BackupResult) -> list[TableDiscard]:
@@ -509,9 +525,9 @@ def _verify_sql(backup: BackupResult) -> str:
     lines = [
         "RESET search_path;",  # the dump's script emptied it
         _PINNED + ";",
-        "CREATE FUNCTION pg_temp.restore_check(what text, got text, want text) RETURNS void"
-        " LANGUAGE plpgsql PARALLEL RESTRICTED AS $f$ BEGIN IF got IS DISTINCT FROM want THEN"
-        " RAISE EXCEPTION 'restore verification: % is %, the backup has %', what, got, want; END IF; END $f$;",
+        ("CREATE FUNCTION pg_temp.restore_check(what text, got text, want text) RETURNS void"
+         " LANGUAGE plpgsql PARALLEL RESTRICTED AS $f$ BEGIN IF got IS DISTINCT FROM want THEN"
+         " RAISE EXCEPTION 'restore verification: % is %, the backup has %', what, got, want; END IF; END $f$;"),
         check("the schema version", "SELECT coalesce(max(version), 0)::text FROM schema_migrations", str(backup.schema_version))
         if backup.schema_version else check("schema_migrations", "SELECT to_regclass('schema_migrations')::text", None),
         check("the schema fingerprint", _FINGERPRINT, backup.schema_fingerprint),
@@ -521,7 +537,7 @@ def _verify_sql(backup: BackupResult) -> str:
         schema, name = table.split(".", 1)
         ident = f"{_ident(schema)}.{_ident(name)}"
         method = manifest.checksum.split(":")[0]
-        lines.append(check(table, f"SELECT count(*) || ':{method}:' || coalesce(sum({_HASH[method]}), 0) FROM {ident} t",
+        lines.append(check(table, f"SELECT count(*) || ':{method}:' || {_HASH[method]} FROM {ident} t",
                            f"{manifest.rows}:{manifest.checksum}"))
     return "\n".join(lines) + "\n"
 
@@ -553,6 +569,8 @@ def restore_database(database: PostgresDatabase, backup: BackupResult) -> Restor
                 backup.name, before, backup.schema_version, lost)
     local = store.local_path(backup.dump_file)
     env = database.tool_env()
+    # Index builds after the data load are most of a restore's time; give them memory to sort in.
+    env["PGOPTIONS"] += f" -c maintenance_work_mem={database.restore_maintenance_work_mem_mb}MB"
     restore_argv = [database.pg_tool("pg_restore", major), "--no-owner", "--exit-on-error", "--file=-"]
     psql_argv = [database.pg_tool("psql", major), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction",
                  "--set=ON_ERROR_STOP=1", "--command", _DROP_OWNED_OBJECTS, "--file=-"]
@@ -611,7 +629,7 @@ def restore_database(database: PostgresDatabase, backup: BackupResult) -> Restor
 
 def _pump_quietly(src, dst) -> None:
     try:
-        _pump(src, dst, [0])
+        _pump(src, dst, [0, None])
     except BrokenPipeError:
         pass  # pg_restore stopped reading (it failed); its exit code says why
     finally:
@@ -645,7 +663,7 @@ def _archive_tables(database: PostgresDatabase, store: BackupStorage, dump_file:
     local = store.local_path(dump_file)
     argv = [database.pg_tool("pg_restore", major), "--list"]
     if local is not None:
-        out = subprocess.run([*argv, str(local)], capture_output=True, text=True, timeout=300)
+        out = subprocess.run([*argv, str(local)], capture_output=True, text=True, timeout=300, check=False)
     else:
         # The table of contents is at the start of a custom-format archive: stream until pg_restore has it.
         with tempfile.TemporaryFile() as err:
@@ -661,7 +679,7 @@ def _archive_tables(database: PostgresDatabase, store: BackupStorage, dump_file:
     if out.returncode != 0:
         raise _failure("pg_restore --list", out.returncode, out.stderr)
     # TOC lines look like: "3345; 0 16390 TABLE DATA public events architect"
-    return {_key(m.group(1), m.group(2)) for m in re.finditer(r"^\d+; \d+ \d+ TABLE DATA (\S+) (\S+) ", out.stdout, re.M)}
+    return {_key(m.group(1), m.group(2)) for m in re.finditer(r"^\d+; \d+ \d+ TABLE DATA (\S+) (\S+) ", out.stdout, re.MULTILINE)}
 
 
 @task
@@ -670,8 +688,8 @@ def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None
     """The guide's Data Integrity list: migrations complete, replication lag, backups succeeding, replica consistent."""
     logger = get_run_logger()
     report = GateReport(stage="data integrity")
-    add = lambda name, verdict, detail: report.checks.append(CheckResult(name=name, verdict=verdict, detail=detail))  # noqa: E731
-    verdict = lambda ok: Verdict.PASS if ok else Verdict.FAIL  # noqa: E731
+    add = lambda name, verdict, detail: report.checks.append(CheckResult(name=name, verdict=verdict, detail=detail))
+    verdict = lambda ok: Verdict.PASS if ok else Verdict.FAIL
     try:
         logger.info("schema_migrations on primary %s:%s/%s", database.host, database.port, database.dbname)
         with database.connect() as conn:

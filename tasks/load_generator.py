@@ -204,6 +204,20 @@ class _Worker:
         self.base = config.base_url.rstrip("/")
         self.auth_headers: dict[str, str] = {}
 
+    async def _login(self, attempts: int = 3, max_wait_s: float = 10.0) -> str:
+        """One login; a 429 (the smoke suite has just tested the limiter) is waited out, boundedly."""
+        for attempt in range(attempts):
+            async with self.session.post(self.base + "/api/v1/auth/login",
+                                         json={"username": self.c.username, "password": self.c.password}) as resp:
+                await resp.read()
+                if resp.status == 200 and "session" in resp.cookies:
+                    return resp.cookies["session"].value
+                retry_after = resp.headers.get("Retry-After", "")
+                if resp.status != 429 or attempt == attempts - 1 or not retry_after.isdigit():
+                    raise SetupError(f"login answered HTTP {resp.status}")
+            await asyncio.sleep(min(float(retry_after), max_wait_s))
+        raise SetupError("login failed")
+
     async def setup(self, aiohttp) -> None:
         ssl_ctx = ssl.create_default_context(cafile=self.c.ca_file) if self.base.startswith("https") else None
         connector = aiohttp.TCPConnector(limit=self.c.connections, ssl=ssl_ctx if ssl_ctx else True)
@@ -214,12 +228,7 @@ class _Worker:
         if self.c.session_cookie:
             self.auth_headers = {"Cookie": f"session={self.c.session_cookie}"}
         elif self.c.username and any(s.auth for s in self.c.mix):
-            async with self.session.post(self.base + "/api/v1/auth/login",
-                                         json={"username": self.c.username, "password": self.c.password}) as resp:
-                await resp.read()
-                if resp.status != 200 or "session" not in resp.cookies:
-                    raise SetupError(f"login answered HTTP {resp.status}")
-                self.auth_headers = {"Cookie": f"session={resp.cookies['session'].value}"}
+            self.auth_headers = {"Cookie": f"session={await self._login()}"}
         event_id = ""
         if any("{event_id}" in s.path for s in self.c.mix):
             headers = {"Content-Type": "application/json", **self.auth_headers}
@@ -381,6 +390,8 @@ class ProfileRun:
     timeline_errors: Counter
     saturation: list[str]
     slot_s: float
+    # The generator did not even offer the intended rate: nothing about that rate can be judged.
+    rate_shortfall: bool = False
 
     @property
     def requests(self) -> int:
@@ -471,6 +482,7 @@ def merge(profile: LoadProfile, results: list[ProcessResult], config: GeneratorC
     timeline: dict[int, LatencyHistogram] = {}
     timeline_errors: Counter = Counter()
     saturation = []
+    shortfall = False
     for r in results:
         latency.merge(r.latency)
         lag.merge(r.lag)
@@ -487,9 +499,10 @@ def merge(profile: LoadProfile, results: list[ProcessResult], config: GeneratorC
             saturation.append(f"{tag} used {r.cpu_share:.0%} of a core (limit {config.max_cpu_share:.0%})")
         due = r.due + r.unsent
         if due and r.sent / due < config.min_send_ratio:
+            shortfall = True
             saturation.append(f"{tag} sent {r.sent} of {due} due requests on time ({r.sent / due:.0%}){busy}")
         lag_p99 = r.lag.percentile(99) * 1000
         if r.lag.total and lag_p99 > config.max_send_lag_ms:
             saturation.append(f"{tag} p99 send lag {lag_p99:.1f} ms (limit {config.max_send_lag_ms:g} ms){busy}")
     return ProfileRun(profile, results, latency, lag, errors, by_endpoint, endpoint_errors, timeline,
-                      timeline_errors, saturation, config.slot_s)
+                      timeline_errors, saturation, config.slot_s, shortfall)

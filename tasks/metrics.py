@@ -29,7 +29,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
 from blocks.environment import PerformanceTargets, StagingEnvironment
-from tasks.checks import run_logger
+from tasks.logs import run_logger
 from tasks.models import CheckResult, GateReport, Verdict
 
 GUIDE_ALERTS = ["HighErrorRate", "HighLatency", "DatabaseDown", "CacheDown"]
@@ -38,7 +38,8 @@ _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class MetricCheck(BaseModel):
-    """One PromQL check. ``{window}`` in the queries is replaced by the effective range."""
+    """One PromQL check. In its queries ``{window}`` becomes the effective range and ``{since}``
+    the deploy's unix time (0 when unknown)."""
 
     name: str
     query: str
@@ -85,11 +86,16 @@ def guide_checks(performance: PerformanceTargets) -> list[MetricCheck]:
             op="<", threshold=performance.db_connections_max,
             samples_query="sum(count_over_time(database_connections_in_use[{window}]))", min_samples=3,
         ),
-        MetricCheck(  # firing fails; pending is listed but does not (the rule's `for:` has not elapsed)
+        # Firing fails; pending is listed but does not (the rule's `for:` has not elapsed). Only
+        # alerts that became active since the deploy count: one still firing over the previous
+        # release's errors (its `rate[5m]` outlives the rollback) says nothing about this one,
+        # and the 5xx ratio above already judges this release's own requests.
+        MetricCheck(
             name="no guide alert firing",
-            query=f'count by (alertname) (ALERTS{{alertstate="firing", alertname=~"{guide}"}})',
+            query=f'count by (alertname) ((ALERTS_FOR_STATE{{alertname=~"{guide}"}} >= {{since}})'
+            f' and ignoring (alertstate) ALERTS{{alertstate="firing", alertname=~"{guide}"}})',
             op="<=", threshold=0, empty_value=0, requires_rules=GUIDE_ALERTS,
-            info_query=f'ALERTS{{alertstate="pending", alertname=~"{guide}"}}',
+            info_query=f'ALERTS{{alertname=~"{guide}"}}',
         ),
     ]
 
@@ -146,16 +152,20 @@ def _labels(metric: dict) -> str:
     return "{" + ", ".join(f"{k}={v}" for k, v in sorted(metric.items()) if k != "__name__") + "}"
 
 
-def evaluate(prom: Prometheus, check: MetricCheck, window: str) -> dict:
+def resolve(query: str, window: str, since_ts: float) -> str:
+    return query.replace("{window}", window).replace("{since}", f"{since_ts:.0f}")
+
+
+def evaluate(prom: Prometheus, check: MetricCheck, window: str, since_ts: float = 0) -> dict:
     """One reading: resolved query, value, samples, verdict, detail. Raises ``Inconclusive``."""
-    query = check.query.replace("{window}", window)
+    query = resolve(check.query, window, since_ts)
     reading = {"query": query, "value": None, "samples": None}
     if check.requires_rules:
         missing = sorted(set(check.requires_rules) - prom.alert_rules())
         if missing:
             raise Inconclusive(f"alert rules not loaded in Prometheus: {', '.join(missing)}")
     if check.samples_query:
-        counted = prom.query(check.samples_query.replace("{window}", window))
+        counted = prom.query(resolve(check.samples_query, window, since_ts))
         samples = sum(v for _, v in counted if not math.isnan(v))
         reading["samples"] = round(samples)
         if samples < check.min_samples:
@@ -180,7 +190,7 @@ def evaluate(prom: Prometheus, check: MetricCheck, window: str) -> dict:
         detail += f" ({reading['samples']} samples in {window})"
     if check.info_query:
         info = prom.query(check.info_query)
-        detail += f"; pending (not failing): {', '.join(_labels(m) for m, _ in info)}" if info else "; none pending"
+        detail += f"; guide alerts now: {', '.join(_labels(m) for m, _ in info)}" if info else "; no guide alert active"
     reading.update(value=value, verdict=Verdict.PASS if ok else Verdict.FAIL, detail=detail)
     return reading
 
@@ -207,20 +217,21 @@ def check_metrics(
     readings: dict[str, dict] = {}
     deadline = time.monotonic() + inconclusive_retry_s
     pending, attempt = list(checks), 0
+    since_ts = since.timestamp() if since else 0
     try:
         while pending:
             attempt += 1
             resolved = effective_window(window, since)
             for check in list(pending):
                 try:
-                    readings[check.name] = evaluate(prom, check, resolved)
+                    readings[check.name] = evaluate(prom, check, resolved, since_ts)
                     pending.remove(check)
                 except (Inconclusive, httpx.HTTPError) as exc:  # no answer yet, or Prometheus restarting
                     reason = str(exc) if isinstance(exc, Inconclusive) else f"Prometheus unreachable: {exc!r}"
-                    readings[check.name] = {"query": check.query.replace("{window}", resolved), "value": None,
+                    readings[check.name] = {"query": resolve(check.query, resolved, since_ts), "value": None,
                                             "samples": None, "verdict": Verdict.INCONCLUSIVE, "detail": reason}
                 except (ValueError, KeyError) as exc:  # a rejected query or a malformed answer
-                    readings[check.name] = {"query": check.query.replace("{window}", resolved), "value": None,
+                    readings[check.name] = {"query": resolve(check.query, resolved, since_ts), "value": None,
                                             "samples": None, "verdict": Verdict.FAIL,
                                             "detail": f"{type(exc).__name__}: {exc}"}
                     pending.remove(check)

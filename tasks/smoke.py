@@ -13,7 +13,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.environment import StagingEnvironment
-from tasks.checks import publish_table, run_logger
+from tasks.checks import publish_table
+from tasks.logs import run_logger
 from tasks.models import GateReport
 from tasks.security_checks import SECURITY_CHECKS, certificate, rate_limit
 from tasks.smoke_session import (

@@ -67,6 +67,8 @@ def deploy(git_ref: str, version: str | None, environment: str = "sandbox", **pa
     """Run the staging-deploy flow in this process; returns its final State."""
     from flows.staging_deploy import staging_deploy
 
+    parameters.setdefault("load_duration_s", 4.0)  # short profiles: the tests are about outcomes
+    parameters.setdefault("skip_signoff", True)  # the sign-off tests resume the pause themselves
     return staging_deploy(git_ref=git_ref, version=version, environment=environment, return_state=True, **parameters)
 
 

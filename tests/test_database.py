@@ -8,8 +8,6 @@ touched. The schema is the reference app's own migrations.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -325,3 +323,15 @@ def test_remote_storage_streams_through_fsspec(scratch_db, password, watched):
     # pg_dump wrote to its stdout (streamed to fsspec), pg_restore read its stdin
     dumps = [argv for argv, _ in watched[1] if Path(argv[0]).name in ("pg_dump", "pg_restore")]
     assert dumps and all(not arg.startswith(("--file=/", "/")) for argv in dumps for arg in argv[1:])
+
+
+def test_counts_only_backup_restores_and_verifies_counts(database):
+    migrate(database, 1, 2)
+    seed(database, 100)
+    before = db.table_checksums(database)
+    backup, _ = in_flow(lambda: db.backup_database(database, checksums=False))
+    assert {m.checksum for m in backup.tables.values()} == {"count:0"}
+    assert {t: m.rows for t, m in backup.tables.items()} == {t: int(v.split(":")[0]) for t, v in before.items()}
+    mutate(database)
+    restored, _ = in_flow(lambda: db.restore_database(database, backup))
+    assert restored.verified and db.table_checksums(database) == before

@@ -15,7 +15,15 @@ from blocks.database import PostgresDatabase
 from blocks.docker_target import DockerTarget
 from blocks.environment import PerformanceTargets, StagingEnvironment
 from blocks.registry import ImageRegistry
-from tasks.metrics import GUIDE_ALERTS, MetricCheck, check_metrics, effective_window, guide_checks, parse_duration
+from tasks.metrics import (
+    GUIDE_ALERTS,
+    MetricCheck,
+    check_metrics,
+    effective_window,
+    guide_checks,
+    parse_duration,
+    resolve,
+)
 from tasks.models import Verdict
 
 SANDBOX_PROMETHEUS = "http://127.0.0.1:59090"
@@ -165,12 +173,18 @@ def test_unreachable_prometheus_fails():
 
 def test_firing_guide_alert_fails_pending_is_only_noted(prom):
     alerts = next(c for c in guide_checks(PerformanceTargets()) if c.name == "no guide alert firing")
-    prom.answers = {'alertstate="pending"': vector(({"alertname": "HighLatency"}, "1"))}
+    prom.answers = {"ALERTS{alertname": vector(({"alertname": "HighLatency", "alertstate": "pending"}, "1"))}
     check = run(prom, [alerts]).checks[0]
-    assert check.verdict == Verdict.PASS and "pending (not failing): {alertname=HighLatency}" in check.detail
+    assert check.verdict == Verdict.PASS and "guide alerts now: {alertname=HighLatency, alertstate=pending}" in check.detail
     prom.answers['alertstate="firing"'] = vector(({"alertname": "DatabaseDown"}, "1"))
     check = run(prom, [alerts]).checks[0]
     assert check.verdict == Verdict.FAIL and "DatabaseDown" in check.detail
+
+
+def test_only_alerts_active_since_the_deploy_count():
+    alerts = next(c for c in guide_checks(PerformanceTargets()) if c.name == "no guide alert firing")
+    query = resolve(alerts.query, "60s", 1_700_000_000)
+    assert "ALERTS_FOR_STATE" in query and ">= 1700000000" in query and 'alertstate="firing"' in query
 
 
 def test_alert_check_is_inconclusive_when_rules_are_not_loaded(prom):

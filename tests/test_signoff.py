@@ -7,7 +7,7 @@ the sandbox's Prefect server and play the leads from outside, as the UI and the 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -75,7 +75,7 @@ def test_refusal_rules():
 def test_description_and_document_show_what_is_signed():
     ledger = Ledger(flow_run_id="00000000-0000-0000-0000-000000000001", pause_key="sign-off-2",
                     environment="sandbox", version=RELEASE.version, commit=RELEASE.commit, digest=RELEASE.digest,
-                    approvers=APPROVERS, deadline=datetime(2024, 2, 17, 18, 0, tzinfo=timezone.utc),
+                    approvers=APPROVERS, deadline=datetime(2024, 2, 17, 18, 0, tzinfo=UTC),
                     signed=[SignOff(role=Role.DEVOPS, name="Dev Ops", decision=Decision.APPROVE)])
     record = SignOffRecord(environment="sandbox", environment_kind="sandbox", version=RELEASE.version,
                            commit=RELEASE.commit, digest=RELEASE.digest, outcome="approved",

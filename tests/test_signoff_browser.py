@@ -75,10 +75,12 @@ def test_a_lead_signs_off_in_the_prefect_ui(sandbox_up, browser_page):
         fields.nth(3).locator("textarea").fill("Code reviewed; tests pass (coverage 81 %)")
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
+        assert "engineering" in fields.nth(0).inner_text() and "approve" in fields.nth(2).inner_text()
         dialog.get_by_role("button", name="Submit").click()
-        page.wait_for_timeout(300)
-        page.screenshot(path=str(SCREENSHOT.with_name("signoff-submitted.png")))
-        page.get_by_text("Flow run resumed").first.wait_for()
+        try:
+            page.get_by_text("Flow run resumed").first.wait_for()
+        finally:
+            page.screenshot(path=str(SCREENSHOT.with_name("signoff-submitted.png")))
 
         # The run goes on: it records the sign-off and pauses for the next lead.
         run.wait_paused(after_key=first_key)

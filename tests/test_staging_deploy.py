@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextvars
+import json
 import subprocess
+import threading
 import time
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterStartTime,
+)
+from prefect.flow_runs import resume_flow_run
 from prefect.deployments import run_deployment
 
 from sandbox import config
@@ -98,7 +111,7 @@ def test_bad_release_is_rolled_back_automatically(
     assert state.is_failed()
     assert state.message.startswith("deploy failed:")
     assert expected_reason in state.message
-    assert f"rolled back to revision" in state.message and deployed_good_release in state.message
+    assert "rolled back to revision" in state.message and deployed_good_release in state.message
     assert serving_versions(sandbox_env) == {deployed_good_release}
     assert api_health()["status_code"] == 200
     assert load.failures == [] and load.sent > 50
@@ -137,7 +150,8 @@ def test_a_dead_slack_does_not_change_the_outcome(sandbox_env, deployed_good_rel
 
 
 def test_two_manual_triggers_never_deploy_at_the_same_time(sandbox_env, deployed_good_release, registered_deployments):
-    parameters = {"git_ref": GOOD[0], "version": GOOD[1], "environment": "sandbox"}
+    parameters = {"git_ref": GOOD[0], "version": GOOD[1], "environment": "sandbox", "load_duration_s": 4.0,
+                  "skip_signoff": True}
     runs = [run_deployment("staging-deploy/manual", parameters=parameters, timeout=0) for _ in range(2)]
     states = [wait_for_final_state(run.id, timeout_s=900) for run in runs]
     assert all(state.is_completed() for state in states), [s.message for s in states]
@@ -148,3 +162,85 @@ def test_two_manual_triggers_never_deploy_at_the_same_time(sandbox_env, deployed
         spans.append((deploys[0].start_time, deploys[0].end_time))
     (_, first_end), (second_start, _) = sorted(spans)
     assert first_end <= second_start, f"deploys overlapped: {spans}"
+
+
+def artifacts_of(state) -> dict:
+    """The run's artifacts by key (its subflows' included)."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    return {a.key: a for a in artifacts if a.key}
+
+
+def artifact_keys_of(state) -> set[str]:
+    return set(artifacts_of(state))
+
+
+def test_good_release_passes_every_gate_with_its_reports(sandbox_env, deployed_good_release):
+    state = deploy(*GOOD)
+    assert state.is_completed(), state.message
+    keys = artifact_keys_of(state)
+    for key in ("preflight", "build-tests", "rollout", "health-gate", "smoke-gate", "load-test-results",
+                "load-test-report", "metrics-gate", "stage-timings"):
+        assert key in keys, f"artifact {key} missing"
+
+
+@pytest.mark.parametrize(
+    ("git_ref", "version", "failing_stage", "expected"),
+    [
+        # The guide's targets catch a slow release in the load test (p95 > 500 ms) ...
+        ("v3.2.1-slow", "3.2.1-slow", "load", ["p95"]),
+        # ... and an erroring one both in the load test's error rate and in Prometheus' 5xx ratio.
+        ("v3.2.1-erroring", "3.2.1-erroring", "load", ["metrics: 5xx error rate"]),
+        # A broken logout fails exactly its own smoke check and nothing else.
+        ("v3.2.1-brokensmoke", "3.2.1-brokensmoke", "smoke", ["smoke: auth: logout clears the session"]),
+    ],
+)
+def test_a_release_that_fails_a_gate_is_rolled_back(sandbox_env, deployed_good_release, git_ref, version, failing_stage, expected):
+    state = deploy(git_ref, version)
+    assert state.is_failed()
+    assert state.message.startswith(f"{failing_stage} failed:"), state.message
+    for text in expected:
+        assert text.lower() in state.message.lower(), state.message
+    if failing_stage == "smoke":
+        rows = json.loads(artifacts_of(state)["smoke-gate"].data)
+        assert [r["name"] for r in rows if r["verdict"] != "pass"] == ["auth: logout clears the session"]
+    assert "rolled back to revision" in state.message
+    assert serving_versions(sandbox_env) == {deployed_good_release}
+
+
+def test_a_rejected_sign_off_rolls_the_release_back(sandbox_env, deployed_good_release):
+    """The whole flow up to the leads' pause; the security lead rejects; the release goes."""
+    started = datetime.now(timezone.utc)
+    outcome = {}
+    context = contextvars.copy_context()  # keeps the test's Prefect settings in the thread
+    runner = threading.Thread(target=context.run, args=(lambda: outcome.update(state=deploy(
+        "v3.2.0", "3.2.0", skip_signoff=False, signoff_timeout_h=0.25)),), daemon=True)
+    runner.start()
+    run_id = wait_for_paused_deploy(started, timeout_s=600)
+    assert serving_versions(sandbox_env) == {"3.2.0"}, "the release is live while the leads look at it"
+    resume_flow_run(run_id, run_input={"role": "security", "name": "Sam Security", "decision": "reject",
+                                       "notes": "CORS allows too much"}, _sync=True)
+    runner.join(300)
+    state = outcome["state"]
+    assert state.is_failed()
+    assert state.message.startswith("sign-off failed: not signed off: rejected by Sam Security (security)")
+    assert "CORS allows too much" in state.message and "rolled back to revision" in state.message
+    assert serving_versions(sandbox_env) == {deployed_good_release}
+    assert "sign-off" in artifact_keys_of(state)
+
+
+def wait_for_paused_deploy(after, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["staging-deploy"])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after)),
+            )
+            paused = [r for r in runs if r.state and r.state.is_paused()]
+            if paused:
+                return paused[0].id
+            time.sleep(1)
+    raise AssertionError("the deploy never paused for sign-off")
