@@ -20,6 +20,14 @@ from flows.rollback import rollback
 from tasks.approval import publish_signoff_document, sign_off_release, signoff_required
 from tasks.build import build_release
 from tasks.checks import check_health
+from tasks.database import (
+    MigrationResult,
+    RestorePolicy,
+    backup_database,
+    check_data_integrity,
+    check_database,
+    verify_schema,
+)
 from tasks.deploy import deploy_release, record_current_revision, run_migrations
 from tasks.errors import DeployError, GateFailed, InvalidInput
 from tasks.load import LoadReport, run_load_test
@@ -30,23 +38,33 @@ from tasks.notify import RunNotifier, flow_run_url
 from tasks.preflight import run_preflight
 from tasks.smoke import run_smoke_suite
 
-STAGES = ["preflight", "build", "migrate", "deploy", "health", "smoke", "load", "metrics", "sign-off"]
-# From this stage on the target has changed: a failure rolls it back.
-ROLLBACK_FROM = "deploy"
+STAGES = ["preflight", "build", "backup", "migrate", "deploy", "health", "smoke", "load", "metrics", "sign-off"]
+# From "migrate" on the database may have changed, from "deploy" on the app: a failure undoes them.
+DATABASE_CHANGED_FROM, APP_CHANGED_FROM = "migrate", "deploy"
 
 Version = Annotated[str | None, Field(pattern=SEMVER.pattern), AfterValidator(lambda v: v and check_semver(v))]
 GitRef = Annotated[str, Field(pattern=GIT_REF_CHARS), AfterValidator(check_git_ref)]
 EnvironmentName = Annotated[str, Field(pattern=NAME.pattern), AfterValidator(check_name)]
 
 
-def require(*reports: GateReport | LoadReport) -> None:
+Report = GateReport | LoadReport | MigrationResult
+
+
+def _named(report: Report) -> tuple[str, str]:
+    """(stage, why) of a report that did not pass."""
+    if isinstance(report, GateReport):
+        return report.stage, report.summary()
+    if isinstance(report, LoadReport):
+        return "load", f"load: {report.reason}"
+    return "migrate", f"migrate: {report.detail}"
+
+
+def require(*reports: Report) -> None:
     """Gates pass only on PASS (inconclusive is not a pass). Every failing gate is named,
     so a release that fails load and metrics says so both ways."""
-    failed = [r for r in reports if r.verdict != Verdict.PASS]
+    failed = [_named(r) for r in reports if r.verdict != Verdict.PASS]
     if failed:
-        reasons = [r.summary() if isinstance(r, GateReport) else f"load: {r.reason}" for r in failed]
-        first = failed[0]
-        raise GateFailed("; ".join(reasons), stage=first.stage if isinstance(first, GateReport) else "load")
+        raise GateFailed("; ".join(why for _, why in failed), stage=failed[0][0])
 
 
 def load_environment(name: str) -> StagingEnvironment:
@@ -67,6 +85,7 @@ def staging_deploy(
     sustained_duration_s: Annotated[float, Field(gt=0, le=86400)] = 600.0,
     signoff_timeout_h: Annotated[float, Field(gt=0, le=168)] = 24.0,
     skip_signoff: bool = False,
+    restore_policy: RestorePolicy = RestorePolicy.IF_SCHEMA_CHANGED,
 ) -> State:
     """Take one release of the Architect Dashboard API to a signed-off staging deployment,
     or back to the last good release when any gate fails.
@@ -81,6 +100,7 @@ def staging_deploy(
         sustained_duration_s: Seconds of the sustained profile, when it is asked for.
         signoff_timeout_h: Hours the leads have to sign off before the release is rolled back.
         skip_signoff: Deploy without the leads' sign-off; refused for every environment but the sandbox.
+        restore_policy: On rollback, restore the pre-deployment backup if the schema changed since it, always, or never.
     """
     env = load_environment(environment)
     needs_signoff = signoff_required(env, skip_signoff)
@@ -92,7 +112,7 @@ def staging_deploy(
         stage_names=STAGES,
     )
     held = ExitStack()
-    stage, previous = STAGES[0], None
+    stage, previous, backup = STAGES[0], None, None
     try:
         try:
             waited = held.enter_context(deploy_lock(environment, wait=on_collision == "wait"))
@@ -103,13 +123,17 @@ def staging_deploy(
 
         with notifier.running(stage := "preflight"):
             lock = CheckResult(name="deploy lock", verdict=Verdict.PASS, detail=f"taken after {waited:.1f} s")
-            require(run_preflight(env, environment, git_ref, extra_checks=[lock]))
+            database = check_database(env.database)
+            require(run_preflight(env, environment, git_ref, extra_checks=[lock, *database.checks]))
         with notifier.running(stage := "build"):
             build = build_release(env.app_repo, git_ref, version, env.registry, env.builder_docker_host, workspace)
         target = env.target.with_checkout(build.source_dir)
         previous = record_current_revision(target)
+        with notifier.running(stage := "backup"):
+            backup = backup_database(env.database, run_label=f"{build.version} {build.commit[:12]}")
         with notifier.running(stage := "migrate"):
             run_migrations(target, build.digest, env.app_environment())
+            require(verify_schema(env.database, build.schema_version))
         with notifier.running(stage := "deploy"):
             deploy_release(target, build.digest, build.version, env.app_environment(), env.rollout_timeout_s)
         deployed_at = datetime.now(timezone.utc)
@@ -121,7 +145,8 @@ def staging_deploy(
             load = run_load_test(env, load_profiles or env.load_profiles, load_duration_s, sustained_duration_s)
         with notifier.running(stage := "metrics"):
             # Metrics are read even after a failed load test: the report then names both.
-            require(load, metrics := check_metrics(env, since=deployed_at))
+            integrity = check_data_integrity(env.database, backup, build.schema_version)
+            require(load, metrics := check_metrics(env, since=deployed_at), integrity)
         stage = "sign-off"
         if needs_signoff:  # the sign-off keeps the run's Slack line itself, so no notifier.running here
             record = sign_off_release(env, build, [health, smoke, metrics], load, signoff_timeout_h * 3600, notifier)
@@ -130,7 +155,7 @@ def staging_deploy(
     except Exception as exc:  # any failure ends the run here, rolled back when the target changed
         reason = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
         stage = exc.stage if getattr(exc, "stage", None) in STAGES else stage
-        return _fail(notifier, environment, stage, reason, previous)
+        return _fail(notifier, environment, stage, reason, previous, backup, restore_policy)
     else:
         notifier.finish(f"✅ {build.version} is live on {environment}")
         _report_timings(notifier)
@@ -150,16 +175,17 @@ def _report_timings(notifier: RunNotifier) -> None:
     )
 
 
-def _fail(notifier: RunNotifier, environment: str, stage: str, reason: str, previous) -> State:
-    """End the run Failed naming the stage; roll back first when the target was touched."""
+def _fail(notifier, environment, stage, reason, previous, backup, restore_policy) -> State:
+    """End the run Failed naming the stage; first undo what the run changed (app, database)."""
     notifier.stage(stage, "failed", reason[:300])
-    if STAGES.index(stage) < STAGES.index(ROLLBACK_FROM):
+    if STAGES.index(stage) < STAGES.index(DATABASE_CHANGED_FROM):
         notifier.finish(f"❌ {stage} failed; nothing was changed")
         notifier.reply(f"❌ {stage} failed: {reason}")
         return Failed(message=f"{stage} failed: {reason} (nothing was changed)")
     notifier.reply(f"❌ {stage} failed: {reason}\nRolling back…")
+    undo_app = STAGES.index(stage) >= STAGES.index(APP_CHANGED_FROM)
     try:
-        report = rollback(environment, previous, stage, reason)
+        report = rollback(environment, previous, stage, reason, backup, restore_policy, undo_app)
     except Exception as exc:
         notifier.finish(f"🚨 {stage} failed and the rollback failed too")
         notifier.reply(f"🚨 rollback failed: {exc}")
