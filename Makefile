@@ -14,9 +14,11 @@ test: install sandbox-up
 	$(PREFECT_ENV) $(PYTHON) -m pytest
 
 install:
-	@$(PYTHON) -c "import prefect, docker, kubernetes, psycopg, slack_sdk, hypothesis, pytest_timeout, aiohttp, uvloop" 2>/dev/null \
+	@$(PYTHON) -c "import prefect, docker, kubernetes, psycopg, slack_sdk, hypothesis, pytest_timeout, aiohttp, uvloop, playwright" 2>/dev/null \
 		&& $(PYTHON) -c "import importlib.metadata as m; m.version('architect-deploy')" 2>/dev/null \
 		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# The sign-off UI test drives Debian's chromium; the sandbox installs its own server packages.
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
 sandbox-up:
 	$(PYTHON) -m sandbox up

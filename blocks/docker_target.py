@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from blocks.target import DeployTarget
 from blocks.validation import check_name
 from tasks.errors import TemporaryError
-from tasks.models import OneOffResult, ReplicaStatus, Revision, RolloutResult
+from tasks.models import DeployPlan, ObjectPlan, OneOffResult, ReplicaStatus, Revision, RolloutResult
 
 APP_LABEL = "architect.app"
 REVISION_LABEL = "architect.revision"
@@ -135,6 +135,22 @@ class DockerTarget(DeployTarget):
 
     def deploy(self, image: str, version: str, env: Mapping[str, str], timeout_s: float) -> RolloutResult:
         return self._roll_out(image, version, env, timeout_s)
+
+    def plan(self, image: str, version: str, env: Mapping[str, str]) -> DeployPlan:
+        """Which replicas a rollout to ``image`` would replace; nothing is started or stopped."""
+        running = self._containers(self.get_client())
+        plan = DeployPlan(image=image, version=version)
+        for container in running:
+            current = _image_of(container)
+            plan.objects.append(ObjectPlan(
+                kind="Container", name=container.name,
+                action="unchanged" if current == image else "update",
+                diff="" if current == image else f"- image: {current}\n+ image: {image}",
+            ))
+        for slot in range(len(running), self.replicas):
+            plan.objects.append(ObjectPlan(kind="Container", name=f"replica {slot + 1}", action="create",
+                                           diff=f"+ image: {image}"))
+        return plan
 
     def rollback(self, to_revision: int | None, env: Mapping[str, str], timeout_s: float) -> RolloutResult:
         revisions = self.history()

@@ -11,14 +11,12 @@ import copy
 import difflib
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field
 
 from blocks.kubernetes_manifests import VERSION_ANNOTATION
 from tasks.errors import PermanentError
-from tasks.models import ReplicaStatus, Revision
+from tasks.models import ObjectPlan, ReplicaStatus, Revision
 
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
@@ -130,28 +128,6 @@ def job_exit_code(conditions: set[str], pod: dict | None) -> int:
 
 
 # ---- the dry-run plan ---------------------------------------------------------------------------
-
-
-class ObjectPlan(BaseModel):
-    """What a deploy would do to one object."""
-
-    kind: str
-    name: str
-    action: Literal["create", "update", "unchanged"]
-    diff: str = Field("", description="unified diff live -> applied (Secret: key names only)")
-
-
-class DeployPlan(BaseModel):
-    """A dry run of ``deploy``: nothing was changed."""
-
-    namespace: str
-    image: str
-    version: str
-    objects: list[ObjectPlan] = Field(default_factory=list)
-
-    @property
-    def changes(self) -> list[ObjectPlan]:
-        return [o for o in self.objects if o.action != "unchanged"]
 
 
 def _comparable(obj: dict | None) -> dict:

@@ -26,13 +26,13 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from blocks.kubernetes_api import call
 from blocks.kubernetes_manifests import JOB_TEMPLATE, KINDS, job_manifest, load_manifests, secret_manifest
 from blocks.kubernetes_rollout import (
-    REVISION, DeployPlan, ObjectPlan, as_revision, job_exit_code, object_plan, replica_status,
+    REVISION, as_revision, job_exit_code, object_plan, replica_status,
     revision_number, rollout_verdict, secret_plan, spec_observed, undo_patch, undo_target,
 )
 from blocks.target import DeployTarget
 from blocks.validation import check_name
 from tasks.errors import PermanentError
-from tasks.models import OneOffResult, Revision, RolloutResult
+from tasks.models import DeployPlan, ObjectPlan, OneOffResult, Revision, RolloutResult
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -370,4 +370,4 @@ def _selector(labels: Mapping[str, str], *requirements: str) -> str:
     return ",".join([f"{k}={v}" for k, v in labels.items()] + list(requirements))
 
 
-__all__ = ["DeployPlan", "KubernetesTarget", "ObjectPlan"]
+__all__ = ["KubernetesTarget"]

@@ -28,8 +28,9 @@ class ImageRegistry(Block):
     def image(self, tag: str) -> str:
         return f"{self.address}/{self.repository}:{tag}"
 
-    def pinned(self, digest: str) -> str:
-        return f"{self.address}/{self.repository}@{digest}"
+    def pinned(self, tag: str, digest: str) -> str:
+        """``repo:tag@sha256:...``: the digest decides what runs, the tag tells people what it is."""
+        return f"{self.image(tag)}@{digest}"
 
     def auth_config(self) -> dict[str, str] | None:
         if not self.username:

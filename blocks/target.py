@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from prefect.blocks.core import Block
 
-from tasks.models import OneOffResult, Revision, RolloutResult
+from tasks.models import DeployPlan, OneOffResult, Revision, RolloutResult
 
 
 class DeployTarget(Block, abc.ABC):
@@ -36,6 +36,10 @@ class DeployTarget(Block, abc.ABC):
         Returns the result in both cases (``complete`` tells which); raises only when the
         target could not be asked at all.
         """
+
+    @abc.abstractmethod
+    def plan(self, image: str, version: str, env: Mapping[str, str]) -> DeployPlan:
+        """What ``deploy`` would change (a dry run); changes nothing."""
 
     @abc.abstractmethod
     def rollback(self, to_revision: int | None, env: Mapping[str, str], timeout_s: float) -> RolloutResult:

@@ -33,8 +33,9 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.settings import PREFECT_API_URL
 
 from blocks.environment import Role
-from tasks.approval import Decision, Ledger, read_ledger, refusal_reason
+from tasks.approval import read_ledger, refusal_reason
 from tasks.notify import flow_run_url
+from tasks.signoff_document import Decision, Ledger
 
 FLOW = "staging-deploy"
 

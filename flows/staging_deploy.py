@@ -28,7 +28,13 @@ from tasks.database import (
     check_database,
     verify_schema,
 )
-from tasks.deploy import deploy_release, record_current_revision, run_migrations
+from tasks.deploy import (
+    deploy_release,
+    list_pending_migrations,
+    plan_release,
+    record_current_revision,
+    run_migrations,
+)
 from tasks.errors import DeployError, GateFailed, InvalidInput
 from tasks.load import LoadReport, run_load_test
 from tasks.lock import DeployLocked, deploy_lock
@@ -86,6 +92,7 @@ def staging_deploy(
     signoff_timeout_h: Annotated[float, Field(gt=0, le=168)] = 24.0,
     skip_signoff: bool = False,
     restore_policy: RestorePolicy = RestorePolicy.IF_SCHEMA_CHANGED,
+    dry_run: bool = False,
 ) -> State:
     """Take one release of the Architect Dashboard API to a signed-off staging deployment,
     or back to the last good release when any gate fails.
@@ -101,6 +108,7 @@ def staging_deploy(
         signoff_timeout_h: Hours the leads have to sign off before the release is rolled back.
         skip_signoff: Deploy without the leads' sign-off; refused for every environment but the sandbox.
         restore_policy: On rollback, restore the pre-deployment backup if the schema changed since it, always, or never.
+        dry_run: Build and push, then only show what a deploy would change and which migrations are pending.
     """
     env = load_environment(environment)
     needs_signoff = signoff_required(env, skip_signoff)
@@ -128,6 +136,12 @@ def staging_deploy(
         with notifier.running(stage := "build"):
             build = build_release(env.app_repo, git_ref, version, env.registry, env.builder_docker_host, workspace)
         target = env.target.with_checkout(build.source_dir)
+        if dry_run:
+            plan = plan_release(target, build.digest, build.version, env.app_environment())
+            pending = list_pending_migrations(target, build.digest, env.app_environment())
+            notifier.finish(f"🔍 dry run of {build.version}: nothing was changed")
+            return Completed(message=f"dry run of {build.version}: {len(plan.changes)} objects would change, "
+                             f"{len(pending)} migrations pending; nothing was changed")
         previous = record_current_revision(target)
         with notifier.running(stage := "backup"):
             backup = backup_database(env.database, run_label=f"{build.version} {build.commit[:12]}")

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta
-from enum import StrEnum
+from datetime import timedelta
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -31,26 +30,21 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput, create_flow_run_input
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Running
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from blocks.environment import Role, StagingEnvironment
 from tasks.errors import GateFailed, InvalidInput
+from tasks.load import LoadReport
 from tasks.models import BuildResult, GateReport, utcnow
 from tasks.notify import RunNotifier
-from tasks.load import LoadReport
+from tasks.signoff_document import (Decision, GateSummary, Ledger, SignOff, SignOffRecord, describe, human_duration,
+                                    run_link, slack_escape, who_signs)
 
 STAGE = "sign-off"
 ARTIFACT_KEY = "sign-off"
 LEDGER_PREFIX = "sign-off-ledger"
 POLL_INTERVAL_S = 1  # how soon a resume is noticed; Prefect's default of 10 s feels broken in the UI
 REMINDERS = (0.5, 0.9)  # fractions of the timeout at which Slack is reminded
-TITLES = {Role.ENGINEERING: "Engineering Lead", Role.DEVOPS: "DevOps Lead",
-          Role.SECURITY: "Security Lead", Role.PRODUCT: "Product Lead"}
-
-
-class Decision(StrEnum):
-    APPROVE = "approve"
-    REJECT = "reject"
 
 
 class SignOffInput(RunInput):
@@ -61,97 +55,6 @@ class SignOffInput(RunInput):
                       description="Your name, as the environment's approvers list it")
     decision: Decision = Field(description="approve, or reject to roll the release back")
     notes: str = Field("", max_length=2000, description="What you checked, or why you reject")
-
-
-class SignOff(BaseModel):
-    """One accepted sign-off."""
-
-    role: Role
-    name: str
-    decision: Decision
-    notes: str = ""
-    signed_at: datetime = Field(default_factory=utcnow)
-
-
-class GateSummary(BaseModel):
-    """One gate as the leads see it: verdict, summary and a link to its report."""
-
-    stage: str
-    verdict: str
-    summary: str
-    link: str | None = None
-
-    @classmethod
-    def of(cls, gate: GateSummary | GateReport) -> GateSummary:
-        if isinstance(gate, GateSummary):
-            return gate.model_copy()
-        return cls(stage=gate.stage, verdict=str(gate.verdict), summary=gate.summary())
-
-
-class Ledger(BaseModel):
-    """What a paused run waits for; saved before every pause for the CLI (and the curious)."""
-
-    flow_run_id: UUID
-    pause_key: str
-    environment: str
-    version: str
-    commit: str
-    digest: str
-    approvers: dict[Role, list[str]]
-    signed: list[SignOff] = Field(default_factory=list)
-    deadline: datetime
-
-    @property
-    def missing(self) -> list[Role]:
-        done = {s.role for s in self.signed}
-        return [role for role in Role if role not in done]
-
-
-class SignOffRecord(BaseModel):
-    """The outcome of the sign-off and the filled sign-off document."""
-
-    environment: str
-    environment_kind: str
-    version: str
-    commit: str
-    digest: str
-    outcome: str = Field(description="approved, rejected, timed out")
-    reason: str = ""
-    signoffs: list[SignOff] = Field(default_factory=list)
-    refused: list[str] = Field(default_factory=list)
-    gates: list[GateSummary] = Field(default_factory=list)
-    figures: dict[str, str] = Field(default_factory=dict)
-    finished_at: datetime = Field(default_factory=utcnow)
-
-    @property
-    def approved(self) -> bool:
-        return self.outcome == "approved"
-
-    def document(self) -> str:
-        """The guide's sign-off template, filled, then what it was signed against."""
-        by_role = {s.role: s for s in self.signoffs}
-        lines = [f"Deployment Sign-Off: Architect Dashboard API v{self.version}",
-                 f"Date: {self.finished_at:%Y-%m-%d}",
-                 f"Environment: {self.environment_kind.title()} ({self.environment})", ""]
-        for role in Role:
-            s = by_role.get(role)
-            signed = f"{s.name}  Date: {s.signed_at:%Y-%m-%d %H:%M} UTC  Decision: {s.decision}" if s else \
-                "_____________________ Date: _____  (not signed)"
-            lines.append(f"{TITLES[role] + ':':<18}{signed}")
-        lines += ["", "Notes:"]
-        lines += [f"- {TITLES[s.role]} ({s.name}): {s.notes or '(no notes)'}" for s in self.signoffs]
-        lines += [f"- Outcome: {self.outcome.upper()}" + (f": {self.reason}" if self.reason else "")]
-        template = "\n".join(lines).replace("```", "'''")  # notes stay inside the code block
-        md = [f"# Sign-off: Architect Dashboard API {self.version} → {self.environment}", "",
-              f"```\n{template}\n```", "", "## Release", "", "| | |", "|---|---|",
-              f"| Version | {_cell(self.version)} |", f"| Commit | `{_cell(self.commit)}` |",
-              f"| Image | `{_cell(self.digest)}` |", "",
-              *_table("Gates", ["Gate", "Verdict", "Summary", "Report"],
-                      [[g.stage, g.verdict, g.summary, f"[report]({g.link})" if g.link else ""] for g in self.gates]),
-              *_table("Performance", ["Figure", "Value"], [[k, v] for k, v in self.figures.items()])]
-        if self.refused:
-            md += ["## Refused sign-offs", "", *[f"- {_cell(r)}" for r in self.refused], ""]
-        return "\n".join(md)
 
 
 # -- validation, shared by the flow and the CLI ---------------------------------------------
@@ -280,8 +183,8 @@ def collect_signoffs(
                     commit=release.commit, digest=release.digest, approvers=approvers, deadline=deadline)
     _progress(notifier, ledger)
     if notifier:
-        notifier.reply(f"⏸️ Waiting for sign-off from {_who(ledger, ledger.missing)} until "
-                       f"{deadline:%Y-%m-%d %H:%M} UTC. {_link(notifier)}")
+        notifier.reply(f"⏸️ Waiting for sign-off from {who_signs(ledger, ledger.missing)} until "
+                       f"{deadline:%Y-%m-%d %H:%M} UTC. {run_link(notifier)}")
     reminders = [threading.Timer(f * timeout_s, _remind, (ledger, f, timeout_s, notifier, logger)) for f in REMINDERS]
     for timer in reminders:
         timer.daemon = True
@@ -311,8 +214,8 @@ def collect_signoffs(
                 record.refused.append(f"{attempted}: {reason}")
                 logger.warning("Sign-off refused (%s): %s; still waiting", attempted, reason)
                 if notifier:
-                    notifier.reply(_slack(f"⛔ Sign-off refused ({attempted}): {reason}. "
-                                          f"Still waiting for {_who(ledger, ledger.missing)}."))
+                    notifier.reply(slack_escape(f"⛔ Sign-off refused ({attempted}): {reason}. "
+                                          f"Still waiting for {who_signs(ledger, ledger.missing)}."))
                 continue
             signoff = SignOff(role=entry.role, name=canonical_name(entry.role, name, approvers),
                               decision=entry.decision, notes=entry.notes.strip())
@@ -330,7 +233,7 @@ def collect_signoffs(
     record.signoffs = list(ledger.signed)
     if ledger.missing:
         return _end(record, notifier, "timed out",
-                    f"not signed off: timed out after {_human(timeout_s)} with {len(ledger.signed)}/4 signed "
+                    f"not signed off: timed out after {human_duration(timeout_s)} with {len(ledger.signed)}/4 signed "
                     f"(missing: {', '.join(r.value for r in ledger.missing)})")
     return _end(record, notifier, "approved", "")
 
@@ -358,74 +261,12 @@ def _end(record: SignOffRecord, notifier: RunNotifier | None, outcome: str, reas
     if outcome == "approved":
         get_run_logger().info("Signed off by all four leads: %s", signed)
         if notifier:
-            notifier.stage(STAGE, "passed", _slack(f"4/4 signed: {signed}"))
+            notifier.stage(STAGE, "passed", slack_escape(f"4/4 signed: {signed}"))
         return record
     get_run_logger().error("Sign-off ended: %s", reason)
     if notifier:
-        notifier.stage(STAGE, "failed", _slack(reason))
+        notifier.stage(STAGE, "failed", slack_escape(reason))
     raise GateFailed(reason, stage=STAGE, result=record)
-
-
-def describe(ledger: Ledger, record: SignOffRecord) -> str:
-    """The markdown the UI shows above the form: what is being signed and what is missing.
-
-    The UI gives it about 350 px before it scrolls, so the release and who is missing come first.
-    """
-    signed = ", ".join(f"{s.role.value} — {_cell(s.name)}" for s in ledger.signed) or "nobody yet"
-    icons = {"pass": "✅", "fail": "❌", "inconclusive": "❔"}
-    gates = [f"- {icons.get(g.verdict, '•')} {_cell(g.summary)}" + (f" ([report]({g.link}))" if g.link else "")
-             for g in record.gates]
-    figures = " · ".join(f"{_cell(k)} {_cell(v)}" for k, v in record.figures.items())
-    md = [f"**Sign-off: Architect Dashboard API {_cell(ledger.version)} → {_cell(ledger.environment)}**", "",
-          f"- **Signed {len(ledger.signed)}/4:** {signed}",
-          f"- **Missing:** {_cell(_who(ledger, ledger.missing))}",
-          f"- **Version** {_cell(ledger.version)}, **commit** `{_cell(ledger.commit)}`",
-          f"- **Image** `{_cell(_short_digest(ledger.digest))}`",
-          f"- **Deadline** {ledger.deadline:%Y-%m-%d %H:%M:%S} UTC; unsigned by then, the release rolls back", "",
-          "**Gates**", "", *(gates or ["- (none given)"]), "",
-          *([f"**Performance:** {figures}", ""] if figures else []),
-          ("Choose your role, type your name as listed, approve or reject (a rejection rolls the release "
-           "back), and add notes. Each role signs once; one person signs one role.")]
-    return "\n".join(md)
-
-
-def _short_digest(image: str) -> str:
-    # The UI's form is narrow: 64 hex digits overflow it. The document and the CLI show them whole.
-    name, sep, digest = image.partition("@")
-    algo, _, hexes = digest.partition(":")
-    return f"{name}{sep}{algo}:{hexes[:16]}…{hexes[-8:]}" if len(hexes) > 28 else image
-
-
-def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    if not rows:
-        return []
-    return [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows), ""]
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _slack(text: str) -> str:
-    # Slack reads <...> as links and mentions; a name or a note must not ping @channel.
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _who(ledger: Ledger, roles: list[Role]) -> str:
-    return ", ".join(f"{r.value} ({' or '.join(ledger.approvers.get(r, []))})" for r in roles) or "nobody"
-
-
-def _link(notifier: RunNotifier) -> str:
-    return f"<{notifier.run_url}|Open the run to sign>" if notifier.run_url else ""
-
-
-def _human(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.3g} h"
 
 
 def _progress(notifier: RunNotifier | None, ledger: Ledger) -> None:
@@ -433,17 +274,17 @@ def _progress(notifier: RunNotifier | None, ledger: Ledger) -> None:
         return
     signed = ", ".join(f"{s.role.value} ({s.name})" for s in ledger.signed) or "nobody yet"
     missing = ", ".join(r.value for r in ledger.missing)
-    notifier.stage(STAGE, "waiting", _slack(f"awaiting sign-off {len(ledger.signed)}/4 — signed: {signed}; missing: {missing}"))
+    notifier.stage(STAGE, "waiting", slack_escape(f"awaiting sign-off {len(ledger.signed)}/4 — signed: {signed}; missing: {missing}"))
 
 
 def _remind(ledger: Ledger, fraction: float, timeout_s: float, notifier: RunNotifier | None, logger) -> None:
     """One Slack reminder, from a timer thread: the flow itself is blocked in the pause."""
     signed, missing = list(ledger.signed), ledger.missing  # a copy: the flow may append meanwhile
-    text = (f"⏰ Reminder: sign-off {len(signed)}/4, still missing {_who(ledger, missing)}; the release rolls back "
-            f"in {_human(timeout_s * (1 - fraction))} ({ledger.deadline:%Y-%m-%d %H:%M} UTC) unless signed.")
+    text = (f"⏰ Reminder: sign-off {len(signed)}/4, still missing {who_signs(ledger, missing)}; the release rolls back "
+            f"in {human_duration(timeout_s * (1 - fraction))} ({ledger.deadline:%Y-%m-%d %H:%M} UTC) unless signed.")
     logger.info(text)
     if notifier:
-        notifier.reply(f"{_slack(text)} {_link(notifier)}")
+        notifier.reply(f"{slack_escape(text)} {run_link(notifier)}")
 
 
 # -- what the flow calls ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from blocks.registry import ImageRegistry
-from tasks.errors import PermanentError, TemporaryError
+from tasks.errors import PermanentError, TemporaryError, retry_if_temporary
 from tasks.models import BuildResult
 
 GO_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
@@ -177,9 +177,9 @@ def build_image(
     return tag
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3, retry_condition_fn=lambda t, r, s: _is_temporary(s))
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_temporary)
 def push_image(docker_host: str, registry: ImageRegistry, version: str) -> str:
-    """Push the tag (idempotent, so retried) and return the pinned ``repo@sha256:...`` reference."""
+    """Push the tag (idempotent, so retried) and return the pinned ``repo:tag@sha256:...`` reference."""
     logger = get_run_logger()
     repository = f"{registry.address}/{registry.repository}"
     logger.info("docker push %s:%s", repository, version)
@@ -196,17 +196,7 @@ def push_image(docker_host: str, registry: ImageRegistry, version: str) -> str:
         raise TemporaryError(f"docker push failed: {exc}", stage="build") from exc
     if not digest:
         raise TemporaryError("docker push reported no digest", stage="build")
-    return registry.pinned(digest)
-
-
-def _is_temporary(state) -> bool:
-    try:
-        state.result()
-    except TemporaryError:
-        return True
-    except Exception:
-        return False
-    return False
+    return registry.pinned(version, digest)
 
 
 @task(cache_policy=NO_CACHE)

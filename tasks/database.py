@@ -9,36 +9,26 @@ database against that manifest: either the database equals the backup, or nothin
 
 from __future__ import annotations
 
-import re
 import subprocess
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 import psycopg
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from psycopg import sql
 from pydantic import BaseModel, Field
 
-from blocks.database import BackupStorage, PostgresDatabase
-from tasks.errors import PermanentError, TemporaryError
+from blocks.database import PostgresDatabase
+from tasks import pg_tools
+from tasks.backup_storage import copy_stream, discard, free_name, human_size, prune_backups, storage_files
+from tasks.errors import PermanentError, TemporaryError, retry_if_temporary
 from tasks.models import CheckResult, GateReport, Verdict, utcnow
-
-PREFIX = "pre-deployment-"
-_NAME = re.compile(rf"^({PREFIX}(\d+)(?:-\d+)?)\.(dump|manifest\.json)(\.partial)?$")
-_SYSTEM_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
-# Row output depends on these settings; pin them so a checksum means the same in every session.
-_PINNED = ("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';"
-           " SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'")
-
-
-class TableManifest(BaseModel):
-    rows: int
-    checksum: str = Field(description="'<method>:<sum of 64-bit row hashes>'; order-independent, no 1 GB limit")
+from tasks.pg_manifest import (TableManifest, replication_lag, row_counts, schema_fingerprint, schema_version,
+                               snapshot_connection, table_manifests, verify_sql)
 
 
 class BackupResult(BaseModel):
@@ -110,178 +100,6 @@ class RestoreDecision(BaseModel):
         return self.restore
 
 
-# --- SQL helpers ---------------------------------------------------------------
-
-
-def _schema_version(conn: psycopg.Connection) -> int:
-    if conn.execute("SELECT to_regclass('schema_migrations') IS NULL").fetchone()[0]:
-        return 0
-    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-
-
-_FINGERPRINT = f"""
-    SELECT md5(coalesce(string_agg(line, E'\\n' ORDER BY line), '')) FROM (
-      SELECT format('col %s.%s.%s %s %s %s', n.nspname, c.relname, a.attname,
-                    format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
-        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped AND {_SYSTEM_SCHEMAS}
-      UNION ALL
-      SELECT format('idx %s', pg_get_indexdef(i.indexrelid)) FROM pg_index i
-        JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM_SCHEMAS}
-      UNION ALL
-      SELECT format('con %s.%s %s', c.relname, k.conname, pg_get_constraintdef(k.oid)) FROM pg_constraint k
-        JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {_SYSTEM_SCHEMAS}
-    ) s(line)"""
-# User tables holding rows (partitions, not their parents, so nothing is counted twice).
-_TABLES = f"""
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND {_SYSTEM_SCHEMAS}
-     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"""
-
-
-def _schema_fingerprint(conn: psycopg.Connection) -> str:
-    """md5 of the columns, indexes and constraints of every user table: catches unversioned changes too."""
-    return conn.execute(_FINGERPRINT).fetchone()[0]
-
-
-def _tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    return conn.execute(f"SELECT n.nspname, c.relname {_TABLES} ORDER BY 1, 2").fetchall()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _key(schema: str, name: str) -> str:
-    return f"{schema}.{name}"
-
-
-# "count" manifests hold exact row counts only (backup_database(checksums=False)): cheaper, weaker.
-_HASH = {"record": "coalesce(sum(hash_record_extended(t.*, 0)), 0)",
-         "text": "coalesce(sum(hashtextextended(t::text, 0)), 0)", "count": "0"}
-
-
-def _checksum_table(conn: psycopg.Connection, schema: str, name: str, method: str | None = None) -> TableManifest:
-    """Exact count and a checksum in one scan. Must run inside a transaction (savepoints)."""
-    table = sql.Identifier(schema, name)
-    # hash_record_extended skips the text output (2x faster) but needs a hash opclass for every
-    # column type (point, json have none): those tables fall back to hashing the row's text.
-    for candidate in [method] if method else ["record", "text"]:
-        query = sql.SQL("SELECT count(*), ({})::text FROM {} t").format(sql.SQL(_HASH[candidate]), table)
-        try:
-            with conn.transaction():
-                rows, total = conn.execute(query).fetchone()
-            return TableManifest(rows=rows, checksum=f"{candidate}:{total}")
-        except psycopg.errors.UndefinedFunction:
-            if method:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _manifest(conn: psycopg.Connection, methods: dict[str, str] | None = None, default: str | None = None
-              ) -> dict[str, TableManifest]:
-    conn.execute(_PINNED)
-    methods = methods or {}
-    return {
-        _key(s, n): _checksum_table(conn, s, n, (methods.get(_key(s, n)) or "").split(":")[0] or default)
-        for s, n in _tables(conn)
-    }
-
-
-def _snapshot_connection(database: PostgresDatabase) -> psycopg.Connection:
-    conn = database.connect(autocommit=False)
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    return conn
-
-
-def table_checksums(database: PostgresDatabase) -> dict[str, str]:
-    """``schema.table -> '<rows>:<checksum>'`` for every user table, in one consistent snapshot."""
-    with _snapshot_connection(database) as conn:
-        return {k: f"{m.rows}:{m.checksum}" for k, m in _manifest(conn).items()}
-
-
-def _replication_lag(database: PostgresDatabase) -> tuple[float | None, str]:
-    """Seconds the replica is behind (0 when it replayed everything the primary had written)."""
-    with database.connect() as primary:
-        primary_lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-    with database.connect(replica=True) as replica:
-        in_recovery, caught_up, lag = replica.execute(
-            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn,"
-            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
-            (primary_lsn,),
-        ).fetchone()
-    if not in_recovery:
-        return None, "the replica is not in recovery: it is not replicating"
-    if caught_up:
-        return 0.0, f"replayed up to the primary's {primary_lsn}"
-    if lag is None:
-        return None, "the replica has not replayed any transaction yet"
-    return lag, f"last replayed transaction {lag:.1f}s ago"
-
-
-def _storage_files(store: BackupStorage) -> dict[str, dict]:
-    """Backups in storage by name: {'ts': unix time, 'files': [...], 'complete': dump+manifest}."""
-    found: dict[str, dict] = {}
-    for f in store.list():
-        match = _NAME.match(f.name)
-        if not match:
-            continue  # never touch files this module did not write
-        entry = found.setdefault(match.group(1), {"ts": int(match.group(2)), "files": [], "parts": set()})
-        entry["files"].append(f.name)
-        if not match.group(4):
-            entry["parts"].add(match.group(3))
-    for entry in found.values():
-        entry["complete"] = entry.pop("parts") == {"dump", "manifest.json"}
-    return found
-
-
-def prune_backups(database: PostgresDatabase, keep: set[str] = frozenset()) -> list[str]:
-    """Delete backups older than the retention, judged by the unix time in their name.
-
-    Never the ones in ``keep`` and never the newest complete backup, whatever its age.
-    """
-    store = database.backups()
-    found = _storage_files(store)
-    complete = [n for n, e in found.items() if e["complete"]]
-    newest = max(complete, key=lambda n: (found[n]["ts"], n), default=None)
-    cutoff = (utcnow() - timedelta(hours=database.retention_hours)).timestamp()
-    pruned = []
-    for name, entry in sorted(found.items()):
-        if name in keep or name == newest or entry["ts"] >= cutoff:
-            continue
-        for file in entry["files"]:
-            store.delete(file)
-        pruned.append(name)
-    return pruned
-
-
-def _run(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
-    # Argument lists only; the password travels in env (PGPASSWORD), never in argv.
-    return subprocess.Popen(argv, env=env, **kwargs)
-
-
-def _failure(tool: str, code: int, stderr: str) -> Exception:
-    tail = stderr.strip()[-1500:]
-    message = f"{tool} exited {code}: {tail}"
-    transient = re.search(r"lock timeout|could not connect|connection to server|timeout expired", stderr, re.IGNORECASE)
-    return TemporaryError(message) if transient else PermanentError(message)
-
-
-def _retry_temporary(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except TemporaryError:
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is final
-        return False
-    return False
-
-
 # --- preflight -------------------------------------------------------------------
 
 
@@ -300,7 +118,7 @@ def check_database(database: PostgresDatabase) -> GateReport:
                 "SELECT pg_is_in_recovery(), pg_database_size(current_database()), current_setting('server_version')"
             ).fetchone()
             add("database primary", not recovery, f"PostgreSQL {server}" + (", but read-only (in recovery)" if recovery else ""))
-            add("schema version", True, f"version {_schema_version(conn)}")
+            add("schema version", True, f"version {schema_version(conn)}")
             in_use = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()").fetchone()[0]
             limit = 0.8 * database.pool_max
@@ -319,7 +137,7 @@ def check_database(database: PostgresDatabase) -> GateReport:
     if database.replica_host:
         try:
             logger.info("replication lag on replica %s:%s", database.replica_host, database.replica_port)
-            lag, detail = _replication_lag(database)
+            lag, detail = replication_lag(database)
             add("database replica", lag is not None, detail if lag is None else "hot standby answers")
             if lag is not None:
                 add("replication lag", lag <= database.max_replication_lag_s,
@@ -332,43 +150,15 @@ def check_database(database: PostgresDatabase) -> GateReport:
         report.checks.append(CheckResult(name="backup space", verdict=Verdict.INCONCLUSIVE,
                                          detail=f"{database.backups().describe()} cannot report free space"))
     else:
-        add("backup space", free >= need, f"{_size(free)} free, a backup needs about {_size(need)} "
-            f"(database {_size(size)} x {database.backup_size_ratio:g})")
+        add("backup space", free >= need, f"{human_size(free)} free, a backup needs about {human_size(need)} "
+            f"(database {human_size(size)} x {database.backup_size_ratio:g})")
     return report
 
 
 # --- backup ----------------------------------------------------------------------
 
 
-def _free_name(store: BackupStorage, now: datetime) -> str:
-    taken = set(_storage_files(store))
-    name, n = f"{PREFIX}{int(now.timestamp())}", 1
-    while name in taken:  # two backups within one second
-        n += 1
-        name = f"{PREFIX}{int(now.timestamp())}-{n}"
-    return name
-
-
-def _discard(store: BackupStorage, name: str) -> None:
-    try:
-        store.delete(name)
-    except (OSError, NotImplementedError):
-        pass
-
-
-def _pump(src, dst, counter: list) -> None:
-    """Copy src to dst in chunks; counter[0] gets the bytes copied, counter[1] an error, if any."""
-    try:
-        with dst:
-            while chunk := src.read(BackupStorage.CHUNK):
-                dst.write(chunk)
-                counter[0] += len(chunk)
-    except Exception as exc:  # recorded for the caller's thread, then re-raised
-        counter[1:] = [exc]
-        raise
-
-
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=_retry_temporary)
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=retry_if_temporary)
 def backup_database(database: PostgresDatabase, run_label: str = "", checksums: bool = True) -> BackupResult:
     """``pg_dump -Fc`` as ``pre-deployment-<unix time>`` plus a manifest taken in the dump's own snapshot.
 
@@ -379,10 +169,10 @@ def backup_database(database: PostgresDatabase, run_label: str = "", checksums: 
     store = database.backups()
     created = utcnow()
     started = time.monotonic()
-    name = _free_name(store, created)
+    name = free_name(store, created)
     dump_file, manifest_file = f"{name}.dump", f"{name}.manifest.json"
     partial = dump_file + ".partial"
-    with _snapshot_connection(database) as conn, tempfile.TemporaryFile() as stderr:
+    with snapshot_connection(database) as conn, tempfile.TemporaryFile() as stderr:
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         major = conn.info.server_version // 10000
         argv = [database.pg_tool("pg_dump", major), "--format=custom", "--no-password",
@@ -391,32 +181,34 @@ def backup_database(database: PostgresDatabase, run_label: str = "", checksums: 
         counter, pump = [0, None], None
         logger.info("pg_dump %s (snapshot %s) -> %s/%s", database.dbname, snapshot, store.describe(), dump_file)
         if local is not None:
-            proc = _run([*argv, f"--file={local}"], database.tool_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+            proc = pg_tools.run([*argv, f"--file={local}"], database.tool_env(),
+                                stdout=subprocess.DEVNULL, stderr=stderr)
         else:
-            proc = _run(argv, database.tool_env(), stdout=subprocess.PIPE, stderr=stderr)
-            pump = threading.Thread(target=_pump, args=(proc.stdout, store.open_write(partial), counter), daemon=True)
+            proc = pg_tools.run(argv, database.tool_env(), stdout=subprocess.PIPE, stderr=stderr)
+            pump = threading.Thread(target=copy_stream, args=(proc.stdout, store.open_write(partial), counter),
+                                    daemon=True)
             pump.start()
         try:
             # The manifest is read while pg_dump runs, in the snapshot pg_dump imported: same rows.
-            version, fingerprint = _schema_version(conn), _schema_fingerprint(conn)
-            tables = _manifest(conn, default=None if checksums else "count")
+            version, fingerprint = schema_version(conn), schema_fingerprint(conn)
+            tables = table_manifests(conn, default=None if checksums else "count")
             server = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
             code = proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
-            _discard(store, partial)
+            discard(store, partial)
             raise
         finally:
             if pump:
                 pump.join()
         if counter[1] is not None:
-            _discard(store, partial)
+            discard(store, partial)
             raise TemporaryError(f"writing {partial} to {store.describe()} failed: {counter[1]}")
         if code != 0:
             stderr.seek(0)
-            _discard(store, partial)
-            raise _failure("pg_dump", code, stderr.read().decode(errors="replace"))
+            discard(store, partial)
+            raise pg_tools.failure("pg_dump", code, stderr.read().decode(errors="replace"))
     store.rename(partial, dump_file)
     result = BackupResult(
         name=name, dump_file=dump_file, manifest_file=manifest_file, storage=store.describe(), created_at=created,
@@ -427,11 +219,11 @@ def backup_database(database: PostgresDatabase, run_label: str = "", checksums: 
     store.write_bytes(manifest_file, result.model_dump_json(indent=2).encode())
     result.pruned = prune_backups(database, keep={name})
     logger.info("backup %s: %s in %.1fs, schema version %d, %d tables; pruned %s", name,
-                _size(result.size_bytes), result.duration_s, version, len(tables), result.pruned or "nothing")
+                human_size(result.size_bytes), result.duration_s, version, len(tables), result.pruned or "nothing")
     rows = "\n".join(f"| `{t}` | {m.rows:,} | `{m.checksum}` |" for t, m in tables.items())
     create_markdown_artifact(key="database-backup", description=f"Backup {name}", markdown=(
         f"# Database backup `{name}`\n\n{run_label}\n\n| | |\n|---|---|\n| Database | `{database.dbname}` |\n"
-        f"| Stored | {result.storage} `{dump_file}` + `{manifest_file}` |\n| Size | {_size(result.size_bytes)} |\n"
+        f"| Stored | {result.storage} `{dump_file}` + `{manifest_file}` |\n| Size | {human_size(result.size_bytes)} |\n"
         f"| Duration | {result.duration_s:.1f}s |\n| Schema version | {version} |\n| Server | PostgreSQL {server} |\n"
         f"| Pruned (older than {database.retention_hours:g} h) | {', '.join(result.pruned) or 'none'} |\n\n"
         f"## Tables (exact, in the dump's snapshot)\n\n| Table | Rows | Checksum |\n|---|---:|---|\n{rows}\n"))
@@ -447,7 +239,7 @@ def verify_schema(database: PostgresDatabase, expected_version: int) -> Migratio
     logger = get_run_logger()
     logger.info("reading schema_migrations on %s:%s/%s", database.host, database.port, database.dbname)
     with database.connect() as conn:
-        current = _schema_version(conn)
+        current = schema_version(conn)
         applied = [] if current == 0 and conn.execute("SELECT to_regclass('schema_migrations') IS NULL").fetchone()[0] \
             else [AppliedMigration(version=v, name=n, applied_at=a) for v, n, a in conn.execute(
                 "SELECT version, name, applied_at FROM schema_migrations ORDER BY version")]
@@ -470,87 +262,15 @@ def verify_schema(database: PostgresDatabase, expected_version: int) -> Migratio
 
 # --- restore -----------------------------------------------------------------------
 
-# Runs first inside the restore's transaction: drop what the restoring role owns in the app's
-# schemas, including objects created after the backup, which `pg_restore --clean` would leave
-# behind (and whose foreign keys would then block it). Schemas are recreated by the dump;
-# `public` is kept because PostgreSQL 15 dumps do not create it.
-_DROP_OWNED_OBJECTS = f"""DO $restore$
-DECLARE r record;
-BEGIN
-  FOR r IN SELECT n.nspname FROM pg_namespace n WHERE n.nspowner = current_user::regrole
-             AND n.nspname <> 'public' AND {_SYSTEM_SCHEMAS} LOOP
-    EXECUTE format('DROP SCHEMA %I CASCADE', r.nspname);
-  END LOOP;
-  FOR r IN SELECT c.oid::regclass AS obj, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relowner = current_user::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_SYSTEM_SCHEMAS}
-              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('e', 'a', 'i')) LOOP
-    -- an earlier CASCADE may have dropped it already
-    IF to_regclass(r.obj::text) IS NOT NULL THEN
-      EXECUTE format('DROP %s IF EXISTS %s CASCADE', CASE r.relkind WHEN 'v' THEN 'VIEW'
-        WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, r.obj);
-    END IF;
-  END LOOP;
-  FOR r IN SELECT p.oid::regprocedure AS obj, p.prokind FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-            WHERE p.proowner = current_user::regrole AND {_SYSTEM_SCHEMAS}
-              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') LOOP
-    EXECUTE format('DROP %s IF EXISTS %s CASCADE', CASE r.prokind WHEN 'p' THEN 'PROCEDURE'
-      WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, r.obj);
-  END LOOP;
-  FOR r IN SELECT t.oid::regtype AS obj FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-            WHERE t.typowner = current_user::regrole AND {_SYSTEM_SCHEMAS} AND t.typtype IN ('e', 'd', 'r', 'c')
-              AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
-              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e') LOOP
-    EXECUTE format('DROP TYPE IF EXISTS %s CASCADE', r.obj);
-  END LOOP;
-END $restore$;"""
-
 
 def _discards(conn: psycopg.Connection, backup: BackupResult) -> list[TableDiscard]:
-    now = {}
-    for schema, name in _tables(conn):
-        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))
-        now[_key(schema, name)] = conn.execute(query).fetchone()[0]
-    return [TableDiscard(table=t, rows_now=now.get(t), rows_in_backup=backup.tables[t].rows if t in backup.tables else None)
+    now = row_counts(conn)
+    return [TableDiscard(table=t, rows_now=now.get(t),
+                         rows_in_backup=backup.tables[t].rows if t in backup.tables else None)
             for t in sorted(set(now) | set(backup.tables))]
 
 
-def _verify_sql(backup: BackupResult) -> str:
-    """Checks run at the end of the restore's transaction: any difference raises, and nothing is committed.
-
-    This also stops a truncated pg_restore stream from ever being committed.
-    """
-    def check(label: str, got_query: str, want: str) -> str:
-        return (f"SELECT pg_temp.restore_check({_lit(label)}, got, {_lit(want)}) FROM ({got_query}) g(got);")
-
-    lines = [
-        "RESET search_path;",  # the dump's script emptied it
-        _PINNED + ";",
-        ("CREATE FUNCTION pg_temp.restore_check(what text, got text, want text) RETURNS void"
-         " LANGUAGE plpgsql PARALLEL RESTRICTED AS $f$ BEGIN IF got IS DISTINCT FROM want THEN"
-         " RAISE EXCEPTION 'restore verification: % is %, the backup has %', what, got, want; END IF; END $f$;"),
-        check("the schema version", "SELECT coalesce(max(version), 0)::text FROM schema_migrations", str(backup.schema_version))
-        if backup.schema_version else check("schema_migrations", "SELECT to_regclass('schema_migrations')::text", None),
-        check("the schema fingerprint", _FINGERPRINT, backup.schema_fingerprint),
-        check("the number of tables", f"SELECT count(*)::text {_TABLES}", str(len(backup.tables))),
-    ]
-    for table, manifest in sorted(backup.tables.items()):
-        schema, name = table.split(".", 1)
-        ident = f"{_ident(schema)}.{_ident(name)}"
-        method = manifest.checksum.split(":")[0]
-        lines.append(check(table, f"SELECT count(*) || ':{method}:' || {_HASH[method]} FROM {ident} t",
-                           f"{manifest.rows}:{manifest.checksum}"))
-    return "\n".join(lines) + "\n"
-
-
-def _lit(value: str | None) -> str:
-    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_temporary)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_temporary)
 def restore_database(database: PostgresDatabase, backup: BackupResult) -> RestoreResult:
     """Put the database back to ``backup``, atomically, and prove it: counts, checksums, schema.
 
@@ -561,46 +281,17 @@ def restore_database(database: PostgresDatabase, backup: BackupResult) -> Restor
     logger = get_run_logger()
     store = database.backups()
     started = time.monotonic()
-    with _snapshot_connection(database) as conn:
-        before, discarded = _schema_version(conn), _discards(conn, backup)
+    with snapshot_connection(database) as conn:
+        before, discarded = schema_version(conn), _discards(conn, backup)
         major = conn.info.server_version // 10000
     lost = sum(d.rows_discarded for d in discarded)
     logger.info("restore %s: schema %d -> %d, discarding %d rows written since the backup",
                 backup.name, before, backup.schema_version, lost)
-    local = store.local_path(backup.dump_file)
-    env = database.tool_env()
-    # Index builds after the data load are most of a restore's time; give them memory to sort in.
-    env["PGOPTIONS"] += f" -c maintenance_work_mem={database.restore_maintenance_work_mem_mb}MB"
-    restore_argv = [database.pg_tool("pg_restore", major), "--no-owner", "--exit-on-error", "--file=-"]
-    psql_argv = [database.pg_tool("psql", major), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction",
-                 "--set=ON_ERROR_STOP=1", "--command", _DROP_OWNED_OBJECTS, "--file=-"]
     logger.info("pg_restore %s/%s | psql --single-transaction %s", store.describe(), backup.dump_file, database.dbname)
-    failure = None
-    with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2, \
-            tempfile.NamedTemporaryFile("w", prefix="restore-verify-", suffix=".sql") as verify:
-        verify.write(_verify_sql(backup))
-        verify.flush()
-        source = None if local else store.open_read(backup.dump_file)
-        dump = _run([*restore_argv, str(local)] if local else restore_argv, env,
-                    stdin=subprocess.DEVNULL if local else subprocess.PIPE, stdout=subprocess.PIPE, stderr=err1)
-        pump = None
-        if source is not None:
-            pump = threading.Thread(target=_pump_quietly, args=(source, dump.stdin), daemon=True)
-            pump.start()
-        apply = _run([*psql_argv, f"--file={verify.name}"], env, stdin=dump.stdout, stdout=subprocess.DEVNULL, stderr=err2)
-        dump.stdout.close()  # psql owns the pipe now; pg_restore sees EPIPE if psql dies
-        apply_code, dump_code = apply.wait(), dump.wait()
-        if pump:
-            pump.join()
-        if apply_code != 0:
-            # psql rolled back. A broken archive is the root cause when pg_restore failed too.
-            tool, code, err = ("pg_restore", dump_code, err1) if dump_code != 0 else ("psql", apply_code, err2)
-            err.seek(0)
-            failure = _failure(tool, code, err.read().decode(errors="replace"))
-        elif dump_code != 0:
-            logger.warning("pg_restore exited %d, but the restored database matched the backup", dump_code)
+    script = verify_sql(backup.schema_version, backup.schema_fingerprint, backup.tables)
+    failure = pg_tools.restore_in_one_transaction(database, store, backup.dump_file, major, script, logger)
     with database.connect() as conn:
-        after = _schema_version(conn)
+        after = schema_version(conn)
     result = RestoreResult(backup=backup.name, duration_s=round(time.monotonic() - started, 3),
                            schema_version_before=before, schema_version_after=after, discarded=discarded,
                            rows_discarded=lost if failure is None else 0, verified=failure is None,
@@ -627,19 +318,10 @@ def restore_database(database: PostgresDatabase, backup: BackupResult) -> Restor
     return result
 
 
-def _pump_quietly(src, dst) -> None:
-    try:
-        _pump(src, dst, [0, None])
-    except BrokenPipeError:
-        pass  # pg_restore stopped reading (it failed); its exit code says why
-    finally:
-        src.close()
-
-
 def schema_changed_since(database: PostgresDatabase, backup: BackupResult) -> bool:
     """Whether the schema differs from the backup's: another version, or other columns/indexes/constraints."""
     with database.connect() as conn:
-        return _schema_version(conn) != backup.schema_version or _schema_fingerprint(conn) != backup.schema_fingerprint
+        return schema_version(conn) != backup.schema_version or schema_fingerprint(conn) != backup.schema_fingerprint
 
 
 def should_restore(policy: RestorePolicy | str, database: PostgresDatabase, backup: BackupResult | None) -> RestoreDecision:
@@ -658,30 +340,6 @@ def should_restore(policy: RestorePolicy | str, database: PostgresDatabase, back
 # --- after a good deploy ----------------------------------------------------------------
 
 
-def _archive_tables(database: PostgresDatabase, store: BackupStorage, dump_file: str, major: int) -> set[str]:
-    """`pg_restore --list` of a stored dump: the tables whose data it holds (raises if it cannot parse)."""
-    local = store.local_path(dump_file)
-    argv = [database.pg_tool("pg_restore", major), "--list"]
-    if local is not None:
-        out = subprocess.run([*argv, str(local)], capture_output=True, text=True, timeout=300, check=False)
-    else:
-        # The table of contents is at the start of a custom-format archive: stream until pg_restore has it.
-        with tempfile.TemporaryFile() as err:
-            proc = _run(argv, database.tool_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-            pump = threading.Thread(target=_pump_quietly, args=(store.open_read(dump_file), proc.stdin), daemon=True)
-            pump.start()
-            stdout = proc.stdout.read()
-            proc.stdout.close()
-            code = proc.wait(timeout=300)
-            pump.join()
-            err.seek(0)
-            out = subprocess.CompletedProcess(argv, code, stdout.decode(), err.read().decode(errors="replace"))
-    if out.returncode != 0:
-        raise _failure("pg_restore --list", out.returncode, out.stderr)
-    # TOC lines look like: "3345; 0 16390 TABLE DATA public events architect"
-    return {_key(m.group(1), m.group(2)) for m in re.finditer(r"^\d+; \d+ \d+ TABLE DATA (\S+) (\S+) ", out.stdout, re.MULTILINE)}
-
-
 @task
 def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None = None,
                          expected_version: int | None = None) -> GateReport:
@@ -693,7 +351,7 @@ def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None
     try:
         logger.info("schema_migrations on primary %s:%s/%s", database.host, database.port, database.dbname)
         with database.connect() as conn:
-            current = _schema_version(conn)
+            current = schema_version(conn)
             applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")} if current else set()
             major = conn.info.server_version // 10000
         gaps = sorted(set(range(1, current + 1)) - applied)
@@ -706,17 +364,17 @@ def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None
     if database.replica_host:
         try:
             logger.info("replication lag and schema on replica %s:%s", database.replica_host, database.replica_port)
-            lag, detail = _replication_lag(database)
+            lag, detail = replication_lag(database)
             add("replication lag", verdict(lag is not None and lag <= database.max_replication_lag_s),
                 detail if lag is None else f"{lag:.1f}s (max {database.max_replication_lag_s:g}s): {detail}")
             with database.connect(replica=True) as replica:
-                seen = _schema_version(replica)
+                seen = schema_version(replica)
             add("replica consistent", verdict(seen == current), f"replica at schema version {seen}, primary {current}")
         except psycopg.Error as exc:
             add("replication lag", Verdict.FAIL, f"{type(exc).__name__}: {str(exc).strip()}")
     store = database.backups()
     try:
-        found = _storage_files(store)
+        found = storage_files(store)
         complete = sorted((n for n, e in found.items() if e["complete"]), key=lambda n: found[n]["ts"])
         if backup is not None:
             add("pre-deployment backup kept", verdict(backup.name in complete), f"{backup.name} in {store.describe()}")
@@ -727,13 +385,13 @@ def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None
             manifest = BackupResult.model_validate_json(store.read_bytes(f"{newest}.manifest.json"))
             size = {f.name: f.size for f in store.list()}.get(manifest.dump_file)
             logger.info("pg_restore --list %s", manifest.dump_file)
-            listed = _archive_tables(database, store, manifest.dump_file, major)
+            listed = pg_tools.archive_tables(database, store, manifest.dump_file, major)
             problems = ([f"size {size} != manifest {manifest.size_bytes}"] if size != manifest.size_bytes else []) + (
                 [f"tables missing from archive: {sorted(set(manifest.tables) - listed)}"]
                 if set(manifest.tables) - listed else [])
             age_h = (utcnow() - manifest.created_at).total_seconds() / 3600
             add("backups succeeding", verdict(not problems), "; ".join(problems) or (
-                f"newest {newest}: {_size(manifest.size_bytes)}, {age_h:.1f} h old, "
+                f"newest {newest}: {human_size(manifest.size_bytes)}, {age_h:.1f} h old, "
                 f"{len(listed)} tables listed by pg_restore"))
     except (OSError, ValueError, NotImplementedError, PermanentError, TemporaryError) as exc:
         add("backups succeeding", Verdict.FAIL, f"{type(exc).__name__}: {exc}")

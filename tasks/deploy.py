@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 
 from blocks.target import DeployTarget
 from tasks.errors import PermanentError, RolloutFailed
-from tasks.models import OneOffResult, Revision, RolloutResult
+from tasks.models import DeployPlan, OneOffResult, Revision, RolloutResult
 
 LOG_LINES_IN_REPORT = 60
 
@@ -75,6 +75,14 @@ def roll_back_release(
     return result
 
 
+def _status_json(logs: str) -> dict:
+    """The JSON line of `migrate status --json` among the one-off's log lines."""
+    for line in reversed(logs.splitlines()):
+        if line.startswith("{") and '"current"' in line:
+            return json.loads(line)
+    return {}
+
+
 class MigrationRun(OneOffResult):
     """The app's own `migrate --direction up`, and the status it reported afterwards."""
 
@@ -89,13 +97,40 @@ def run_migrations(target: DeployTarget, image: str, env: Mapping[str, str], tim
     up = target.run_one_off(image, ["migrate", "--direction", "up"], env, timeout_s)
     logger.info("migrate status --json from %s", image)
     status = target.run_one_off(image, ["migrate", "status", "--json"], env, 60)
-    parsed: dict = {}
-    for line in reversed(status.logs.splitlines()):
-        if line.startswith("{") and '"current"' in line:
-            parsed = json.loads(line)
-            break
-    run = MigrationRun(**up.model_dump(), status=parsed)
+    run = MigrationRun(**up.model_dump(), status=_status_json(status.logs))
     if not up.succeeded:
         tail = "\n".join(up.logs.splitlines()[-5:])
         raise PermanentError(f"migration failed (exit {up.exit_code}): {tail}", stage="migrate", result=run)
     return run
+
+
+@task(cache_policy=NO_CACHE)
+def plan_release(target: DeployTarget, image: str, version: str, env: Mapping[str, str]) -> DeployPlan:
+    """The dry run: what a deploy of ``image`` would change, as a diff artifact. Changes nothing."""
+    get_run_logger().info("dry run of %s (%s) on %s", version, image, target.get_block_type_slug())
+    plan = target.plan(image, version, env)
+    sections = [
+        f"### {o.kind} {o.name}: {o.action}\n" + (f"```diff\n{o.diff}\n```" if o.diff else "")
+        for o in plan.objects
+    ]
+    create_markdown_artifact(
+        key="dry-run-diff",
+        markdown=f"## Dry run of {version}\n\n{len(plan.changes)} of {len(plan.objects)} objects would change.\n\n"
+        + "\n\n".join(sections),
+        description=f"What deploying {version} would change (nothing was changed)",
+    )
+    return plan
+
+
+@task(cache_policy=NO_CACHE)
+def list_pending_migrations(target: DeployTarget, image: str, env: Mapping[str, str]) -> list[dict]:
+    """The NEW image's `migrate status --json`: the migrations a deploy would apply (read-only)."""
+    get_run_logger().info("migrate status --json from %s", image)
+    status = target.run_one_off(image, ["migrate", "status", "--json"], env, 60)
+    pending = _status_json(status.logs).get("pending", [])
+    create_table_artifact(
+        key="dry-run-migrations",
+        table=pending or [{"version": "", "name": "(none pending)"}],
+        description="Migrations a deploy would apply",
+    )
+    return pending

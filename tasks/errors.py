@@ -43,3 +43,14 @@ class GateFailed(PermanentError):
 
 class RolloutFailed(PermanentError):
     """The new revision never became available: crash loop, unhealthy, deadline."""
+
+
+def retry_if_temporary(task, task_run, state) -> bool:
+    """A task's ``retry_condition_fn``: retry only a TemporaryError, never a permanent one."""
+    try:
+        state.result()
+    except TemporaryError:
+        return True
+    except Exception:  # any other failure is final
+        return False
+    return False

@@ -22,8 +22,8 @@ from prefect.context import TaskRunContext
 
 from blocks.environment import PerformanceTargets, StagingEnvironment
 from tasks.errors import InvalidInput
-from tasks.load_generator import (API_MIX, GeneratorConfig, LatencyHistogram, ProfileRun, SetupError,
-                                  profiles_from_targets, run_profile, static_mix)
+from tasks.load_generator import GeneratorConfig, SetupError, run_profile
+from tasks.load_model import API_MIX, LatencyHistogram, ProfileRun, profiles_from_targets, static_mix
 from tasks.models import Verdict
 from tasks.logs import run_logger
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -67,7 +68,7 @@ class BuildResult(BaseModel):
     git_ref: str
     commit: str
     image: str = Field(description="registry/repository:tag as pushed")
-    digest: str = Field(description="registry/repository@sha256:... of the pushed image")
+    digest: str = Field(description="registry/repository:tag@sha256:... of the pushed image (pinned by digest)")
     build_time: str
     coverage: dict[str, float] = Field(default_factory=dict, description="package -> statement coverage %")
     tests_passed: int = 0
@@ -115,3 +116,25 @@ class OneOffResult(BaseModel):
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0
+
+
+class ObjectPlan(BaseModel):
+    """What a deploy would do to one object (a Kubernetes object, a replica)."""
+
+    kind: str
+    name: str
+    action: Literal["create", "update", "unchanged"]
+    diff: str = Field("", description="unified diff live -> applied (Secret: key names only)")
+
+
+class DeployPlan(BaseModel):
+    """A dry run of ``deploy``: nothing was changed."""
+
+    namespace: str = ""
+    image: str
+    version: str
+    objects: list[ObjectPlan] = Field(default_factory=list)
+
+    @property
+    def changes(self) -> list[ObjectPlan]:
+        return [o for o in self.objects if o.action != "unchanged"]

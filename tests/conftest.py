@@ -72,9 +72,9 @@ def deploy(git_ref: str, version: str | None, environment: str = "sandbox", **pa
     return staging_deploy(git_ref=git_ref, version=version, environment=environment, return_state=True, **parameters)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def deployed_good_release(sandbox_env):
-    """The good release v3.1.0 live in the sandbox (deployed once per session if needed)."""
+    """The good release v3.1.0 live in the sandbox (deployed only when something else is)."""
     if serving_versions(sandbox_env) != {GOOD[1]}:
         state = deploy(*GOOD)
         assert state.is_completed(), state.message

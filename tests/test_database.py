@@ -20,6 +20,7 @@ from psycopg import sql
 
 from blocks.database import PostgresDatabase
 from sandbox import config
+from tasks import backup_storage, pg_manifest, pg_tools
 from tasks import database as db
 from tasks.models import Verdict
 
@@ -37,9 +38,21 @@ def scratch_db():
     name = f"architect_test_{uuid.uuid4().hex[:10]}"
     with superuser() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(config.PG_USER)))
+    wait_until_replica_has(name)
     yield name
     with superuser() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def wait_until_replica_has(dbname: str, timeout_s: float = 15) -> None:
+    """The streaming replica replays CREATE DATABASE a moment later; tests that read it wait."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(config.pg_superuser_conninfo(port=config.PG_REPLICA_PORT), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"the replica did not replay CREATE DATABASE {dbname} within {timeout_s} s")
 
 
 def make_database(dbname: str, storage, **fields) -> PostgresDatabase:
@@ -118,7 +131,7 @@ def watched(monkeypatch):
     recorder, seen = Recorder(), []
     for name in ("", "prefect"):
         logging.getLogger(name).addHandler(recorder)
-    real_run = db._run
+    real_run = pg_tools.run
 
     def run(argv, env, **kwargs):
         proc = real_run(argv, env, **kwargs)
@@ -134,7 +147,7 @@ def watched(monkeypatch):
         seen.append((list(argv), cmdline.decode(errors="replace")))
         return proc
 
-    monkeypatch.setattr(db, "_run", run)
+    monkeypatch.setattr(pg_tools, "run", run)
     yield recorder.lines, seen
     for name in ("", "prefect"):
         logging.getLogger(name).removeHandler(recorder)
@@ -155,7 +168,7 @@ def mutate(database: PostgresDatabase) -> None:
 def test_backup_mutate_restore_is_exact_and_keeps_the_password_secret(database, password, watched):
     migrate(database, 1, 2)
     seed(database)
-    before = db.table_checksums(database)
+    before = pg_manifest.table_checksums(database)
     assert before["public.events"].startswith("500:")
 
     backup, run_id = in_flow(lambda: db.backup_database(database, run_label="test"))
@@ -166,7 +179,7 @@ def test_backup_mutate_restore_is_exact_and_keeps_the_password_secret(database, 
     assert (dump.parent / backup.manifest_file).exists() and not list(dump.parent.glob("*.partial"))
 
     mutate(database)
-    assert db.table_checksums(database) != before
+    assert pg_manifest.table_checksums(database) != before
     assert db.schema_changed_since(database, backup)
     assert db.should_restore("if-schema-changed", database, backup).restore
     assert not db.should_restore("never", database, backup)
@@ -174,7 +187,7 @@ def test_backup_mutate_restore_is_exact_and_keeps_the_password_secret(database, 
     restored, restore_run = in_flow(lambda: db.restore_database(database, backup))
     assert restored.verified and restored.mismatches == []
     assert restored.schema_version_before == 3 and restored.schema_version_after == 2
-    assert db.table_checksums(database) == before
+    assert pg_manifest.table_checksums(database) == before
     assert not db.schema_changed_since(database, backup)
     with database.connect() as conn:
         assert conn.execute("SELECT to_regclass('audit'), to_regclass('events_severity_check')").fetchone() == (None, None)
@@ -209,7 +222,7 @@ def test_restore_of_a_two_table_backup_is_exact(database):
         conn.execute("INSERT INTO a SELECT g, repeat('v', g % 50), now() - g * interval '1 min', point(g, -g)"
                      " FROM generate_series(1, 300) g")
         conn.execute("INSERT INTO b (a_id, amount) SELECT 1 + g % 300, g / 3.0 FROM generate_series(1, 1000) g")
-    before = db.table_checksums(database)
+    before = pg_manifest.table_checksums(database)
     assert before["public.a"].split(":")[1] == "text"  # point has no hash opclass: the text fallback ran
     backup, _ = in_flow(lambda: db.backup_database(database))
     assert set(backup.tables) == {"public.a", "public.b"} and backup.schema_version == 0
@@ -217,9 +230,9 @@ def test_restore_of_a_two_table_backup_is_exact(database):
         conn.execute("UPDATE a SET v = 'changed' WHERE id = 1")  # same count, other content
         conn.execute("CREATE TABLE c (id int PRIMARY KEY, b_id bigint REFERENCES b(id))")
         conn.execute("INSERT INTO c VALUES (1, 1)")
-    assert db.table_checksums(database)["public.a"] != before["public.a"]
+    assert pg_manifest.table_checksums(database)["public.a"] != before["public.a"]
     restored, _ = in_flow(lambda: db.restore_database(database, backup))
-    assert restored.verified and db.table_checksums(database) == before
+    assert restored.verified and pg_manifest.table_checksums(database) == before
 
 
 def test_a_restore_that_fails_changes_nothing(database):
@@ -227,11 +240,11 @@ def test_a_restore_that_fails_changes_nothing(database):
     seed(database, 50)
     backup, _ = in_flow(lambda: db.backup_database(database))
     mutate(database)
-    changed = db.table_checksums(database)
+    changed = pg_manifest.table_checksums(database)
     Path(database.backup_storage.basepath, backup.dump_file).write_bytes(b"PGDMP not really a dump")
     with pytest.raises(db.PermanentError):
         in_flow(lambda: db.restore_database(database, backup))
-    assert db.table_checksums(database) == changed
+    assert pg_manifest.table_checksums(database) == changed
 
 
 def _fake_backup(directory: Path, ts: int, complete: bool = True) -> None:
@@ -256,8 +269,8 @@ def test_pruning_removes_old_backups_but_keeps_the_newest_and_this_one(database)
                            f"pre-deployment-{now - 7200}.dump", f"pre-deployment-{now - 7200}.manifest.json"])
     # When every backup is past the retention, the newest one still stays.
     database.retention_hours = 1
-    assert db.prune_backups(database, keep=set()) == [f"pre-deployment-{now - 7200}"]
-    assert db.prune_backups(database) == [] and (directory / backup.dump_file).exists()
+    assert backup_storage.prune_backups(database, keep=set()) == [f"pre-deployment-{now - 7200}"]
+    assert backup_storage.prune_backups(database) == [] and (directory / backup.dump_file).exists()
 
 
 def test_check_database_passes_on_the_healthy_sandbox(database):
@@ -311,7 +324,7 @@ def test_remote_storage_streams_through_fsspec(scratch_db, password, watched):
     database = make_database(scratch_db, RemoteFileSystem(basepath=f"memory://backups-{uuid.uuid4().hex[:8]}"))
     migrate(database, 1, 2)
     seed(database, 200)
-    before = db.table_checksums(database)
+    before = pg_manifest.table_checksums(database)
     backup, _ = in_flow(lambda: db.backup_database(database))
     fs = database.backup_storage.filesystem
     assert fs.size(database.backup_storage._resolve_path(backup.dump_file)) == backup.size_bytes
@@ -319,7 +332,7 @@ def test_remote_storage_streams_through_fsspec(scratch_db, password, watched):
     assert report.verdict == Verdict.PASS, report.summary()
     mutate(database)
     restored, _ = in_flow(lambda: db.restore_database(database, backup))
-    assert restored.verified and db.table_checksums(database) == before
+    assert restored.verified and pg_manifest.table_checksums(database) == before
     # pg_dump wrote to its stdout (streamed to fsspec), pg_restore read its stdin
     dumps = [argv for argv, _ in watched[1] if Path(argv[0]).name in ("pg_dump", "pg_restore")]
     assert dumps and all(not arg.startswith(("--file=/", "/")) for argv in dumps for arg in argv[1:])
@@ -328,10 +341,10 @@ def test_remote_storage_streams_through_fsspec(scratch_db, password, watched):
 def test_counts_only_backup_restores_and_verifies_counts(database):
     migrate(database, 1, 2)
     seed(database, 100)
-    before = db.table_checksums(database)
+    before = pg_manifest.table_checksums(database)
     backup, _ = in_flow(lambda: db.backup_database(database, checksums=False))
     assert {m.checksum for m in backup.tables.values()} == {"count:0"}
     assert {t: m.rows for t, m in backup.tables.items()} == {t: int(v.split(":")[0]) for t, v in before.items()}
     mutate(database)
     restored, _ = in_flow(lambda: db.restore_database(database, backup))
-    assert restored.verified and db.table_checksums(database) == before
+    assert restored.verified and pg_manifest.table_checksums(database) == before

@@ -14,7 +14,8 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from blocks.kubernetes_target import DeployPlan, KubernetesTarget
+from blocks.kubernetes_target import KubernetesTarget
+from tasks.models import DeployPlan
 from blocks.target import DeployTarget
 from tasks.errors import PermanentError, TemporaryError
 from tests.k8s_emulator import testing

@@ -9,8 +9,8 @@ import pytest
 
 from blocks.environment import PerformanceTargets
 from tasks.load import judge, latency_chart_svg, report_markdown
-from tasks.load_generator import (API_MIX, GeneratorConfig, LatencyHistogram, LoadProfile, SetupError,
-                                  check_loopback, profiles_from_targets, run_profile, static_mix)
+from tasks.load_generator import GeneratorConfig, SetupError, check_loopback, run_profile
+from tasks.load_model import API_MIX, LatencyHistogram, LoadProfile, profiles_from_targets, static_mix
 from tasks.models import Verdict
 from tests._load_helpers import Behaviour, ControlledServer
 

@@ -3,7 +3,7 @@
     from tests.k8s_emulator import running_emulator
 
     with running_emulator() as (base_url, emulator):
-        ...  # http://127.0.0.1:<port>; emulator.store.dump() shows every object
+        ...  # http://127.0.0.1:<port>; emulator.dump() shows every object, emulator.job_runs() every Job run
 
 It serves plain HTTP on 127.0.0.1 (a free port): discovery, a minimal OpenAPI v3 index,
 namespaces, secrets, configmaps, services, pods (+ log), events, deployments, replicasets, jobs;
@@ -11,7 +11,8 @@ GET/LIST with label and field selectors, POST, PUT, PATCH (JSON, merge, strategi
 server-side apply that creates), DELETE with propagation, ``dryRun=All``, watches with
 ``timeoutSeconds``; uid/resourceVersion/generation/creationTimestamp bookkeeping. A fake control
 plane (``cluster.py``) plays the Deployment, ReplicaSet and Job controllers and the kubelet;
-pod behaviour is chosen by the image reference (``crash``, ``nopull``, ``stuck``, ``failmigrate``).
+pod behaviour is chosen by the image reference (``crash``, ``nopull``, ``stuck``, ``failmigrate`` or
+``badmigration``).
 
 What it cannot show, so tests against it prove nothing about these:
 
@@ -80,6 +81,11 @@ class Emulator:
 
     def dump(self) -> dict[str, dict]:
         return self.store.dump()
+
+    def job_runs(self) -> list[dict]:
+        """Every Job the fake Job controller started (image, args, outcome), deleted ones included."""
+        with self.store.lock:
+            return [dict(run) for run in self.cluster.job_runs]
 
 
 def free_port() -> int:

@@ -13,7 +13,8 @@ Each tick (``tick_s``, 0.2 s by default) runs, under the store's lock:
 
 Pods' behaviour by image reference: ``crash`` → CrashLoopBackOff with a growing restartCount;
 ``nopull`` → ErrImagePull then ImagePullBackOff; ``stuck`` → running, never ready;
-``failmigrate`` (Job pods) → exit 1 with "migration 005 failed"; anything else → ready after
+``failmigrate`` or ``badmigration`` (Job pods) → exit 1 with "migration 005 failed" (the
+v3.2.1-badmigration release's failure; nothing touches a database); anything else → ready after
 ``ready_delay_s`` (Job pods: exit 0, logging the command). Events are recorded as a kubelet and
 controllers would (Scheduled, Pulled, Started, BackOff, Failed, Unhealthy, ScalingReplicaSet, ...).
 """
@@ -46,8 +47,14 @@ SKIP_ANNOTATIONS = {
 }
 
 
+# Image markers of a release whose migration Job fails (the app's own tag is v3.2.1-badmigration).
+FAILING_MIGRATION = ("failmigrate", "badmigration")
+
+
 def behaviour(image: str) -> str:
-    for marker in ("failmigrate", "crash", "nopull", "stuck"):
+    if any(marker in image for marker in FAILING_MIGRATION):
+        return "failmigrate"
+    for marker in ("crash", "nopull", "stuck"):
         if marker in image:
             return marker
     return "ok"
@@ -93,6 +100,8 @@ class FakeCluster:
         self.pod_started: dict[str, float] = {}  # pod uid -> monotonic creation time
         self.logs: dict[str, str] = {}  # pod uid -> log text
         self.progress_at: dict[str, float] = {}  # deployment uid -> last progress (monotonic)
+        # Every Job the controller saw, kept after the Job is deleted: {name, namespace, image, args, outcome}.
+        self.job_runs: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="k8s-emulator-controller", daemon=True)
 
@@ -189,8 +198,11 @@ class FakeCluster:
             if is_job:
                 failed = mode == "failmigrate"
                 code = 1 if failed else 0
-                self.logs[uid] = (f"running: {command}\napplying migration 005_add_indexes\n"
-                                  "migration 005 failed: relation \"events\" does not exist\n") if failed else \
+                # The canned lines of v3.2.1-badmigration: 004 applies, 005 fails (no database is touched).
+                self.logs[uid] = (f"running: {command}\napplying migration 004_event_tags\n"
+                                  "applying migration 005_error_fingerprint\n"
+                                  '{"level":"error","msg":"migration 005 failed","migration_version":5,'
+                                  '"error":"pq: column \\"stack_trace\\" does not exist"}\n') if failed else \
                     f"running: {command}\n" + "".join(f"arg: {a}\n" for a in c.get("args") or []) + "done\n"
                 cs["state"] = {"terminated": {"exitCode": code, "reason": "Error" if failed else "Completed",
                                               "startedAt": started, "finishedAt": started}}
@@ -446,11 +458,23 @@ class FakeCluster:
 
     # ---- Jobs ---------------------------------------------------------------------------------
 
+    def _job_run(self, job: dict) -> dict:
+        uid = job["metadata"]["uid"]
+        run = next((r for r in self.job_runs if r["uid"] == uid), None)
+        if run is None:
+            container = (job["spec"].get("template", {}).get("spec", {}).get("containers") or [{}])[0]
+            run = {"uid": uid, "name": job["metadata"]["name"], "namespace": job["metadata"]["namespace"],
+                   "image": container.get("image", ""), "args": list(container.get("args") or []),
+                   "outcome": "Running"}
+            self.job_runs.append(run)
+        return run
+
     def _sync_job(self, job: dict) -> None:
         st = job.setdefault("status", {})
         if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in st.get("conditions") or []):
             return
         ns, spec = job["metadata"]["namespace"], job["spec"]
+        run = self._job_run(job)
         pods = [p for p in self.store.list(POD, ns) if owned_by(p, job)]
         phases = [p.get("status", {}).get("phase") for p in pods]
         succeeded, failed = phases.count("Succeeded"), phases.count("Failed")
@@ -485,6 +509,7 @@ class FakeCluster:
             st["active"] = 1
         if finish:
             kind, reason, message = finish
+            run["outcome"] = kind
             target = "SuccessCriteriaMet" if kind == "Complete" else "FailureTarget"
             st["conditions"] = [
                 {"type": target, "status": "True", "reason": reason, "message": message,
