@@ -246,10 +246,17 @@ def verify_schema(database: PostgresDatabase, expected_version: int) -> Migratio
     versions = {m.version for m in applied}
     missing = [v for v in range(1, expected_version + 1) if v not in versions]
     unknown = sorted(v for v in versions if v > expected_version)
-    ok = current == expected_version and not missing
-    detail = (f"schema at version {current} as expected" if ok else
-              f"schema at version {current}, image expects {expected_version}"
-              + (f"; missing {missing}" if missing else "") + (f"; unknown to the image {unknown}" if unknown else ""))
+    # A database ahead of the image (an older release redeployed after a newer one migrated)
+    # passes: migrations are forward-only and additive, so every one the image knows is there.
+    ok = not missing and current >= expected_version
+    if ok and unknown:
+        detail = (f"schema at version {current}, ahead of the image's {expected_version}: "
+                  f"{unknown} applied by a newer release; all of the image's migrations are there")
+    elif ok:
+        detail = f"schema at version {current} as expected"
+    else:
+        detail = (f"schema at version {current}, image expects {expected_version}"
+                  + (f"; missing {missing}" if missing else "") + (f"; unknown to the image {unknown}" if unknown else ""))
     result = MigrationResult(expected_version=expected_version, current_version=current, applied=applied,
                              missing=missing, unknown=unknown, verdict=Verdict.PASS if ok else Verdict.FAIL, detail=detail)
     logger.info("verify_schema: %s", detail)
@@ -356,7 +363,8 @@ def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None
             major = conn.info.server_version // 10000
         gaps = sorted(set(range(1, current + 1)) - applied)
         want = expected_version if expected_version is not None else current
-        add("migrations complete", verdict(current == want and not gaps),
+        # At or ahead of what the release expects (see verify_schema), with no gaps.
+        add("migrations complete", verdict(current >= want and not gaps),
             f"version {current}" + (f", expected {want}" if current != want else "") + (f", gaps {gaps}" if gaps else ""))
     except psycopg.Error as exc:
         add("migrations complete", Verdict.FAIL, f"{type(exc).__name__}: {str(exc).strip()}")

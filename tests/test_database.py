@@ -306,6 +306,8 @@ def test_verify_schema_and_data_integrity(database):
     assert ok.verdict == Verdict.PASS and [m.version for m in ok.applied] == [1, 2]
     behind, _ = in_flow(lambda: db.verify_schema(database, 3))
     assert behind.verdict == Verdict.FAIL and behind.missing == [3] and behind.current_version == 2
+    ahead, _ = in_flow(lambda: db.verify_schema(database, 1))  # an older release after a newer one
+    assert ahead.verdict == Verdict.PASS and ahead.unknown == [2] and "ahead of the image" in ahead.detail
 
     no_backup, _ = in_flow(lambda: db.check_data_integrity(database, expected_version=2))
     assert [c.name for c in no_backup.failures] == ["backups succeeding"]
