@@ -45,14 +45,24 @@ have_all_tags() {
     done
 }
 
+# What the repository is made from: when the app or a patch changes, the repository is
+# remade (it is generated, never edited by hand), so a pulled change reaches the sandbox.
+source_fingerprint() {
+    find "$SRC" "$REL" -type f ! -name architect-api ! -name '*.out' ! -name '*.test' -print0 \
+        | sort -z | xargs -0 sha256sum | sed "s#  $HERE/#  #" | sha256sum | cut -d' ' -f1
+}
+FINGERPRINT=$(source_fingerprint)
+
 if [ -e "$DEST" ]; then
-    if [ "$FORCE" = 0 ] && [ -d "$DEST/.git" ] && have_all_tags "$DEST"; then
+    if [ "$FORCE" = 0 ] && [ -d "$DEST/.git" ] && have_all_tags "$DEST" \
+        && [ "$(cat "$DEST/.git/architect-source" 2>/dev/null)" = "$FINGERPRINT" ]; then
         echo "make_app_repo: $DEST already has ${TAGS[*]}; nothing to do"
         exit 0
     fi
     if [ -d "$DEST" ] && [ -z "$(ls -A "$DEST")" ]; then
         rmdir "$DEST"
-    elif [ "$FORCE" = 1 ]; then
+    elif [ "$FORCE" = 1 ] || [ -f "$DEST/.git/architect-source" ] || { [ -d "$DEST/.git" ] && have_all_tags "$DEST"; }; then
+        echo "make_app_repo: the app or its release patches changed; remaking $DEST"
         rm -rf "$DEST"
     else
         die "$DEST exists but is not a complete release repository (use --force to rebuild it)"
@@ -140,6 +150,7 @@ g checkout -q main
 
 have_all_tags "$WORK" || die "internal error: tags missing"
 chmod 755 "$WORK"
+echo "$FINGERPRINT" >"$WORK/.git/architect-source"
 mv "$WORK" "$DEST"
 trap 'rm -f "$LOG"' EXIT
 echo "make_app_repo: created $DEST (main = v3.2.0 $(git -C "$DEST" rev-parse --short HEAD); tags: ${TAGS[*]})"

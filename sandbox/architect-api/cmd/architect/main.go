@@ -112,6 +112,28 @@ func newLogger(cfg *config.Config, out io.Writer) *logging.Logger {
 	return l.With(logging.Fields{"service": "architect-api", "version": version})
 }
 
+// loadConfig reads the configuration and makes the logger it asks for; an
+// invalid configuration is logged as JSON (its format setting is unknown).
+func loadConfig(getenv config.Getenv, out io.Writer) (*config.Config, *logging.Logger, bool) {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		logging.New(out, logging.Info, "json").Error("invalid configuration", logging.Fields{"error": err})
+		return nil, nil, false
+	}
+	return cfg, newLogger(cfg, out), true
+}
+
+// openDB opens the connection pool (it connects lazily); a failure is logged
+// with the password redacted from the URL.
+func openDB(cfg *config.Config, logger *logging.Logger) (*sql.DB, bool) {
+	db, err := sql.Open("postgres", cfg.DatabaseURL)
+	if err != nil {
+		logger.Error("cannot open database", logging.Fields{"error": err, "database": logging.RedactURL(cfg.DatabaseURL)})
+		return nil, false
+	}
+	return db, true
+}
+
 func migrateCmd(ctx context.Context, args []string, getenv config.Getenv, stdout, stderr io.Writer, ms []migrate.Migration) int {
 	status := len(args) > 0 && args[0] == "status"
 	if status {
@@ -141,19 +163,17 @@ func migrateCmd(ctx context.Context, args []string, getenv config.Getenv, stdout
 	if *asJSON {
 		logOut = stderr // keep stdout pure JSON
 	}
-	cfg, err := config.Load(getenv)
-	if err != nil {
-		logging.New(logOut, logging.Info, "json").Error("invalid configuration", logging.Fields{"error": err})
+	cfg, logger, ok := loadConfig(getenv, logOut)
+	if !ok {
 		return 1
 	}
-	logger := newLogger(cfg, logOut).With(logging.Fields{"command": "migrate"})
+	logger = logger.With(logging.Fields{"command": "migrate"})
 	if cfg.DatabaseURL == "" {
 		logger.Error("DATABASE_URL is required", nil)
 		return 1
 	}
-	db, err := sql.Open("postgres", cfg.DatabaseURL)
-	if err != nil {
-		logger.Error("cannot open database", logging.Fields{"error": err, "database": logging.RedactURL(cfg.DatabaseURL)})
+	db, ok := openDB(cfg, logger)
+	if !ok {
 		return 1
 	}
 	defer db.Close()
@@ -184,12 +204,7 @@ func migrateCmd(ctx context.Context, args []string, getenv config.Getenv, stdout
 	if *direction == "up" {
 		n, err := m.Up(ctx)
 		if err != nil {
-			fields := logging.Fields{"error": err.Error(), "applied": n, "duration_ms": time.Since(start).Milliseconds()}
-			var merr *migrate.Error
-			if errors.As(err, &merr) {
-				fields["migration_version"], fields["name"], fields["direction"], fields["error"] = merr.Version, merr.Name, merr.Direction, merr.Err.Error()
-			}
-			logger.Error("migration failed", fields)
+			logMigrationFailed(logger, err, logging.Fields{"applied": n, "duration_ms": time.Since(start).Milliseconds()})
 			return 1
 		}
 		logger.Info("migrations complete", logging.Fields{"applied": n, "schema_version": migrate.Latest(ms), "duration_ms": time.Since(start).Milliseconds()})
@@ -201,16 +216,22 @@ func migrateCmd(ctx context.Context, args []string, getenv config.Getenv, stdout
 		return 0
 	}
 	if err != nil {
-		fields := logging.Fields{"error": err.Error()}
-		var merr *migrate.Error
-		if errors.As(err, &merr) {
-			fields["migration_version"], fields["name"], fields["direction"], fields["error"] = merr.Version, merr.Name, merr.Direction, merr.Err.Error()
-		}
-		logger.Error("migration failed", fields)
+		logMigrationFailed(logger, err, logging.Fields{})
 		return 1
 	}
 	logger.Info("revert complete", logging.Fields{"reverted": ev.Version, "schema_version": ev.Version - 1})
 	return 0
+}
+
+// logMigrationFailed logs err with fields, naming the failed migration when
+// err says which one it was.
+func logMigrationFailed(logger *logging.Logger, err error, fields logging.Fields) {
+	fields["error"] = err.Error()
+	var merr *migrate.Error
+	if errors.As(err, &merr) {
+		fields["migration_version"], fields["name"], fields["direction"], fields["error"] = merr.Version, merr.Name, merr.Direction, merr.Err.Error()
+	}
+	logger.Error("migration failed", fields)
 }
 
 func printStatus(w io.Writer, st *migrate.Status) {
@@ -227,20 +248,17 @@ func printStatus(w io.Writer, st *migrate.Status) {
 }
 
 func serve(ctx context.Context, getenv config.Getenv, stdout io.Writer, ms []migrate.Migration) int {
-	cfg, err := config.Load(getenv)
-	if err != nil {
-		logging.New(stdout, logging.Info, "json").Error("invalid configuration", logging.Fields{"error": err})
+	cfg, logger, ok := loadConfig(getenv, stdout)
+	if !ok {
 		return 1
 	}
-	logger := newLogger(cfg, stdout)
 	if err := cfg.ValidateServe(); err != nil {
 		logger.Error("invalid configuration", logging.Fields{"error": err})
 		return 1
 	}
 
-	db, err := sql.Open("postgres", cfg.DatabaseURL)
-	if err != nil {
-		logger.Error("cannot open database", logging.Fields{"error": err, "database": logging.RedactURL(cfg.DatabaseURL)})
+	db, ok := openDB(cfg, logger)
+	if !ok {
 		return 1
 	}
 	defer db.Close()

@@ -2,24 +2,17 @@ package migrate
 
 import (
 	"context"
-	"database/sql"
 	"errors"
-	"os"
-	"strings"
 	"testing"
 	"testing/fstest"
 
-	_ "github.com/lib/pq"
+	"github.com/architect-team/architect-go/internal/dbtest"
 )
 
 // TestAgainstDatabase needs TEST_DATABASE_URL pointing at a scratch database
 // (it works in its own schema, dropped and recreated).
 func TestAgainstDatabase(t *testing.T) {
-	dsn := os.Getenv("TEST_DATABASE_URL")
-	if dsn == "" {
-		t.Skip("TEST_DATABASE_URL not set")
-	}
-	db := scratchSchema(t, dsn, "architect_migrate_test")
+	db := dbtest.ScratchSchema(t, "architect_migrate_test")
 	ctx := context.Background()
 	ms, err := Parse(fstest.MapFS{
 		"001_a.up.sql":   file("CREATE TABLE a (id int); INSERT INTO a VALUES (1);"),
@@ -54,34 +47,4 @@ func TestAgainstDatabase(t *testing.T) {
 	if v, err := CurrentVersion(ctx, db); err != nil || v != 0 {
 		t.Fatalf("current %d %v", v, err)
 	}
-}
-
-// scratchSchema recreates schema and returns a handle whose search_path is it,
-// so parallel test packages do not collide.
-func scratchSchema(t *testing.T, dsn, schema string) *sql.DB {
-	t.Helper()
-	admin, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	if _, err := admin.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE; CREATE SCHEMA ` + schema); err != nil {
-		t.Fatal(err)
-	}
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	db, err := sql.Open("postgres", dsn+sep+"search_path="+schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		db.Close()
-		if a, err := sql.Open("postgres", dsn); err == nil {
-			a.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE`)
-			a.Close()
-		}
-	})
-	return db
 }

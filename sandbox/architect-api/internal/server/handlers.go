@@ -100,36 +100,29 @@ type eventRequest struct {
 	Payload  json.RawMessage `json:"payload"`
 }
 
-func validSeverity(v string) bool {
+// checkSeverity accepts one of store.Severities.
+func checkSeverity(v string) error {
 	for _, s := range store.Severities {
 		if v == s {
-			return true
+			return nil
 		}
 	}
-	return false
+	return badRequest("severity must be one of %s", strings.Join(store.Severities, ", "))
 }
 
-func (s *Server) handleCreateEvent(w http.ResponseWriter, r *http.Request, _ params, _ store.Session) {
-	var req eventRequest
-	if err := decodeJSON(r, &req); err != nil {
-		s.respondError(w, r, err)
-		return
-	}
+func (s *Server) createEvent(r *http.Request, req *eventRequest, _ store.Session) (store.Event, error) {
 	var e store.Event
 	var err error
 	if e.Type, err = requiredString("type", req.Type, 1, 100); err != nil {
-		s.respondError(w, r, err)
-		return
+		return e, err
 	}
 	if e.Source, err = requiredString("source", req.Source, 1, 100); err != nil {
-		s.respondError(w, r, err)
-		return
+		return e, err
 	}
 	e.Severity = store.DefaultSeverity
 	if req.Severity != nil {
-		if !validSeverity(*req.Severity) {
-			s.respondError(w, r, badRequest("severity must be one of %s", strings.Join(store.Severities, ", ")))
-			return
+		if err := checkSeverity(*req.Severity); err != nil {
+			return e, err
 		}
 		e.Severity = *req.Severity
 	}
@@ -140,73 +133,28 @@ func (s *Server) handleCreateEvent(w http.ResponseWriter, r *http.Request, _ par
 	case payload[0] == '{':
 		e.Payload = json.RawMessage(payload)
 	default:
-		s.respondError(w, r, badRequest("payload must be a JSON object"))
-		return
+		return e, badRequest("payload must be a JSON object")
 	}
-	created, err := s.store.CreateEvent(r.Context(), e)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, created)
+	return s.store.CreateEvent(r.Context(), e)
 }
 
-func (s *Server) handleListEvents(w http.ResponseWriter, r *http.Request, _ params, _ store.Session) {
-	limit, offset, err := pagination(r)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
+func (s *Server) listEvents(r *http.Request, limit, offset int, _ store.Session) ([]store.Event, int64, error) {
 	f := store.EventFilter{Limit: limit, Offset: offset}
 	if sev := r.URL.Query().Get("severity"); sev != "" {
-		if !validSeverity(sev) {
-			s.respondError(w, r, badRequest("severity must be one of %s", strings.Join(store.Severities, ", ")))
-			return
+		if err := checkSeverity(sev); err != nil {
+			return nil, 0, err
 		}
 		f.Severity = sev
 	}
-	items, total, err := s.store.ListEvents(r.Context(), f)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, page{Items: items, Total: total, Limit: limit, Offset: offset})
+	return s.store.ListEvents(r.Context(), f)
 }
 
-func (s *Server) handleGetEvent(w http.ResponseWriter, r *http.Request, p params, _ store.Session) {
-	id, err := pathID(p)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	e, err := s.store.GetEvent(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "event not found")
-		return
-	}
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, e)
+func (s *Server) getEvent(r *http.Request, id int64, _ store.Session) (store.Event, error) {
+	return s.store.GetEvent(r.Context(), id)
 }
 
-func (s *Server) handleDeleteEvent(w http.ResponseWriter, r *http.Request, p params, _ store.Session) {
-	id, err := pathID(p)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	err = s.store.DeleteEvent(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "event not found")
-		return
-	}
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+func (s *Server) deleteEvent(r *http.Request, id int64, _ store.Session) error {
+	return s.store.DeleteEvent(r.Context(), id)
 }
 
 // --- errors ---
@@ -217,82 +165,40 @@ type errorRequest struct {
 	Stack   *string `json:"stack"`
 }
 
-func (s *Server) handleCreateError(w http.ResponseWriter, r *http.Request, _ params) {
-	var req errorRequest
-	if err := decodeJSON(r, &req); err != nil {
-		s.respondError(w, r, err)
-		return
-	}
+func (s *Server) createError(r *http.Request, req *errorRequest, _ store.Session) (store.ErrorReport, error) {
 	var e store.ErrorReport
 	var err error
 	if e.Kind, err = requiredString("kind", req.Kind, 1, 100); err != nil {
-		s.respondError(w, r, err)
-		return
+		return e, err
 	}
 	if e.Message, err = requiredString("message", req.Message, 1, 10000); err != nil {
-		s.respondError(w, r, err)
-		return
+		return e, err
 	}
 	if e.Stack, err = optionalString("stack", req.Stack, 50000); err != nil {
-		s.respondError(w, r, err)
-		return
+		return e, err
 	}
-	created, err := s.store.CreateError(r.Context(), e)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, created)
+	return s.store.CreateError(r.Context(), e)
 }
 
-func (s *Server) handleListErrors(w http.ResponseWriter, r *http.Request, _ params, _ store.Session) {
-	limit, offset, err := pagination(r)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
+func (s *Server) listErrors(r *http.Request, limit, offset int, _ store.Session) ([]store.ErrorReport, int64, error) {
 	var resolved *bool
 	if v := r.URL.Query().Get("resolved"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			s.respondError(w, r, badRequest("resolved must be true or false"))
-			return
+			return nil, 0, badRequest("resolved must be true or false")
 		}
 		resolved = &b
 	}
-	items, total, err := s.store.ListErrors(r.Context(), limit, offset, resolved)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, page{Items: items, Total: total, Limit: limit, Offset: offset})
+	return s.store.ListErrors(r.Context(), limit, offset, resolved)
 }
 
-func (s *Server) handleResolveError(w http.ResponseWriter, r *http.Request, p params, _ store.Session) {
-	id, err := pathID(p)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	e, err := s.store.ResolveError(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "error not found")
-		return
-	}
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, e)
+func (s *Server) resolveError(r *http.Request, id int64, _ store.Session) (store.ErrorReport, error) {
+	return s.store.ResolveError(r.Context(), id)
 }
 
 func (s *Server) handleAggregateErrors(w http.ResponseWriter, r *http.Request, _ params, _ store.Session) {
 	groups, err := s.store.AggregateErrors(r.Context())
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]interface{}{"groups": groups})
+	s.reply(w, r, http.StatusOK, map[string]interface{}{"groups": groups}, err)
 }
 
 // --- notifications ---
@@ -302,76 +208,26 @@ type notificationRequest struct {
 	Body  *string `json:"body"`
 }
 
-func (s *Server) handleCreateNotification(w http.ResponseWriter, r *http.Request, _ params, sess store.Session) {
-	var req notificationRequest
-	if err := decodeJSON(r, &req); err != nil {
-		s.respondError(w, r, err)
-		return
-	}
+func (s *Server) createNotification(r *http.Request, req *notificationRequest, sess store.Session) (store.Notification, error) {
 	title, err := requiredString("title", req.Title, 1, 200)
 	if err != nil {
-		s.respondError(w, r, err)
-		return
+		return store.Notification{}, err
 	}
 	body, err := optionalString("body", req.Body, 5000)
 	if err != nil {
-		s.respondError(w, r, err)
-		return
+		return store.Notification{}, err
 	}
-	n, err := s.store.CreateNotification(r.Context(), sess.UserID, title, body)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, n)
+	return s.store.CreateNotification(r.Context(), sess.UserID, title, body)
 }
 
-func (s *Server) handleListNotifications(w http.ResponseWriter, r *http.Request, _ params, sess store.Session) {
-	limit, offset, err := pagination(r)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	items, total, err := s.store.ListNotifications(r.Context(), sess.UserID, limit, offset)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, page{Items: items, Total: total, Limit: limit, Offset: offset})
+func (s *Server) listNotifications(r *http.Request, limit, offset int, sess store.Session) ([]store.Notification, int64, error) {
+	return s.store.ListNotifications(r.Context(), sess.UserID, limit, offset)
 }
 
-func (s *Server) handleReadNotification(w http.ResponseWriter, r *http.Request, p params, sess store.Session) {
-	id, err := pathID(p)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	n, err := s.store.MarkNotificationRead(r.Context(), sess.UserID, id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "notification not found")
-		return
-	}
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, n)
+func (s *Server) readNotification(r *http.Request, id int64, sess store.Session) (store.Notification, error) {
+	return s.store.MarkNotificationRead(r.Context(), sess.UserID, id)
 }
 
-func (s *Server) handleDeleteNotification(w http.ResponseWriter, r *http.Request, p params, sess store.Session) {
-	id, err := pathID(p)
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	err = s.store.DeleteNotification(r.Context(), sess.UserID, id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "notification not found")
-		return
-	}
-	if err != nil {
-		s.respondError(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+func (s *Server) deleteNotification(r *http.Request, id int64, sess store.Session) error {
+	return s.store.DeleteNotification(r.Context(), sess.UserID, id)
 }

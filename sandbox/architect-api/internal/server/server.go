@@ -112,16 +112,16 @@ func (s *Server) initRoutes() {
 	s.handle("/api/v1/auth/logout", map[string]handlerFunc{"POST": s.handleLogout})
 	s.handle("/api/v1/auth/me", map[string]handlerFunc{"GET": s.authed(s.handleMe)})
 
-	s.handle("/api/v1/events", map[string]handlerFunc{"GET": s.authed(s.handleListEvents), "POST": s.authed(s.handleCreateEvent)})
-	s.handle("/api/v1/events/{id}", map[string]handlerFunc{"GET": s.authed(s.handleGetEvent), "DELETE": s.authed(s.handleDeleteEvent)})
+	s.handle("/api/v1/events", map[string]handlerFunc{"GET": s.authed(lists(s, s.listEvents)), "POST": s.authed(creates(s, s.createEvent))})
+	s.handle("/api/v1/events/{id}", map[string]handlerFunc{"GET": s.authed(onRow(s, "event", s.getEvent)), "DELETE": s.authed(deletesRow(s, "event", s.deleteEvent))})
 
-	s.handle("/api/v1/errors", map[string]handlerFunc{"GET": s.authed(s.handleListErrors), "POST": s.handleCreateError})
+	s.handle("/api/v1/errors", map[string]handlerFunc{"GET": s.authed(lists(s, s.listErrors)), "POST": public(creates(s, s.createError))})
 	s.handle("/api/v1/errors/aggregate", map[string]handlerFunc{"GET": s.authed(s.handleAggregateErrors)})
-	s.handle("/api/v1/errors/{id}/resolve", map[string]handlerFunc{"POST": s.authed(s.handleResolveError)})
+	s.handle("/api/v1/errors/{id}/resolve", map[string]handlerFunc{"POST": s.authed(onRow(s, "error", s.resolveError))})
 
-	s.handle("/api/v1/notifications", map[string]handlerFunc{"GET": s.authed(s.handleListNotifications), "POST": s.authed(s.handleCreateNotification)})
-	s.handle("/api/v1/notifications/{id}", map[string]handlerFunc{"DELETE": s.authed(s.handleDeleteNotification)})
-	s.handle("/api/v1/notifications/{id}/read", map[string]handlerFunc{"POST": s.authed(s.handleReadNotification)})
+	s.handle("/api/v1/notifications", map[string]handlerFunc{"GET": s.authed(lists(s, s.listNotifications)), "POST": s.authed(creates(s, s.createNotification))})
+	s.handle("/api/v1/notifications/{id}", map[string]handlerFunc{"DELETE": s.authed(deletesRow(s, "notification", s.deleteNotification))})
+	s.handle("/api/v1/notifications/{id}/read", map[string]handlerFunc{"POST": s.authed(onRow(s, "notification", s.readNotification))})
 }
 
 // SetDraining makes /health answer 503 (used between SIGTERM and shutdown so

@@ -94,6 +94,49 @@ const eventCols = `id, type, source, severity, payload, created_at`
 
 type scanner interface{ Scan(...interface{}) error }
 
+// queryAll runs a query and scans every row with scan; an empty result is an
+// empty (not nil) slice so it encodes as [].
+func queryAll[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, error), query string, args ...interface{}) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, v)
+	}
+	return items, rows.Err()
+}
+
+// queryPage counts the matching rows with countQuery, then reads one page
+// with pageQuery.
+func queryPage[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, error),
+	countQuery string, countArgs []interface{}, pageQuery string, pageArgs ...interface{}) ([]T, int64, error) {
+	var total int64
+	if err := db.QueryRowContext(ctx, countQuery, countArgs...).Scan(&total); err != nil {
+		return nil, 0, err
+	}
+	items, err := queryAll(ctx, db, scan, pageQuery, pageArgs...)
+	if err != nil {
+		return nil, 0, err
+	}
+	return items, total, nil
+}
+
+// utcTime is the optional timestamp of a nullable column, in UTC.
+func utcTime(t sql.NullTime) *time.Time {
+	if !t.Valid {
+		return nil
+	}
+	u := t.Time.UTC()
+	return &u
+}
+
 func scanEvent(r scanner) (Event, error) {
 	var e Event
 	var payload []byte
@@ -114,25 +157,10 @@ func (p *Postgres) CreateEvent(ctx context.Context, e Event) (Event, error) {
 
 func (p *Postgres) ListEvents(ctx context.Context, f EventFilter) ([]Event, int64, error) {
 	defer p.timed("events.list")()
-	var total int64
-	if err := p.DB.QueryRowContext(ctx, `SELECT count(*) FROM events WHERE ($1 = '' OR severity = $1)`, f.Severity).Scan(&total); err != nil {
-		return nil, 0, err
-	}
-	rows, err := p.DB.QueryContext(ctx, `SELECT `+eventCols+` FROM events WHERE ($1 = '' OR severity = $1)
+	return queryPage(ctx, p.DB, scanEvent,
+		`SELECT count(*) FROM events WHERE ($1 = '' OR severity = $1)`, []interface{}{f.Severity},
+		`SELECT `+eventCols+` FROM events WHERE ($1 = '' OR severity = $1)
 		ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3`, f.Severity, f.Limit, f.Offset)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer rows.Close()
-	items := []Event{}
-	for rows.Next() {
-		e, err := scanEvent(rows)
-		if err != nil {
-			return nil, 0, err
-		}
-		items = append(items, e)
-	}
-	return items, total, rows.Err()
 }
 
 func (p *Postgres) GetEvent(ctx context.Context, id int64) (Event, error) {
@@ -168,10 +196,7 @@ func scanError(r scanner) (ErrorReport, error) {
 	if err := r.Scan(&e.ID, &e.Kind, &e.Message, &e.Stack, &e.Resolved, &resolvedAt, &e.CreatedAt); err != nil {
 		return e, err
 	}
-	if resolvedAt.Valid {
-		t := resolvedAt.Time.UTC()
-		e.ResolvedAt = &t
-	}
+	e.ResolvedAt = utcTime(resolvedAt)
 	e.CreatedAt = e.CreatedAt.UTC()
 	return e, nil
 }
@@ -188,25 +213,10 @@ func (p *Postgres) ListErrors(ctx context.Context, limit, offset int, resolved *
 	if resolved != nil {
 		filter = sql.NullBool{Bool: *resolved, Valid: true}
 	}
-	var total int64
-	if err := p.DB.QueryRowContext(ctx, `SELECT count(*) FROM errors WHERE ($1::boolean IS NULL OR resolved = $1)`, filter).Scan(&total); err != nil {
-		return nil, 0, err
-	}
-	rows, err := p.DB.QueryContext(ctx, `SELECT `+errorCols+` FROM errors WHERE ($1::boolean IS NULL OR resolved = $1)
+	return queryPage(ctx, p.DB, scanError,
+		`SELECT count(*) FROM errors WHERE ($1::boolean IS NULL OR resolved = $1)`, []interface{}{filter},
+		`SELECT `+errorCols+` FROM errors WHERE ($1::boolean IS NULL OR resolved = $1)
 		ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3`, filter, limit, offset)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer rows.Close()
-	items := []ErrorReport{}
-	for rows.Next() {
-		e, err := scanError(rows)
-		if err != nil {
-			return nil, 0, err
-		}
-		items = append(items, e)
-	}
-	return items, total, rows.Err()
 }
 
 func (p *Postgres) ResolveError(ctx context.Context, id int64) (ErrorReport, error) {
@@ -218,23 +228,16 @@ func (p *Postgres) ResolveError(ctx context.Context, id int64) (ErrorReport, err
 
 func (p *Postgres) AggregateErrors(ctx context.Context) ([]ErrorGroup, error) {
 	defer p.timed("errors.aggregate")()
-	rows, err := p.DB.QueryContext(ctx, `
+	return queryAll(ctx, p.DB, scanErrorGroup, `
 		SELECT kind, message, count(*), count(*) FILTER (WHERE NOT resolved), max(created_at)
 		FROM errors GROUP BY kind, message ORDER BY count(*) DESC, kind, message LIMIT 1000`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	groups := []ErrorGroup{}
-	for rows.Next() {
-		var g ErrorGroup
-		if err := rows.Scan(&g.Kind, &g.Message, &g.Count, &g.Unresolved, &g.LastSeen); err != nil {
-			return nil, err
-		}
-		g.LastSeen = g.LastSeen.UTC()
-		groups = append(groups, g)
-	}
-	return groups, rows.Err()
+}
+
+func scanErrorGroup(r scanner) (ErrorGroup, error) {
+	var g ErrorGroup
+	err := r.Scan(&g.Kind, &g.Message, &g.Count, &g.Unresolved, &g.LastSeen)
+	g.LastSeen = g.LastSeen.UTC()
+	return g, err
 }
 
 const notificationCols = `id, title, body, read, read_at, created_at`
@@ -245,10 +248,7 @@ func scanNotification(r scanner) (Notification, error) {
 	if err := r.Scan(&n.ID, &n.Title, &n.Body, &n.Read, &readAt, &n.CreatedAt); err != nil {
 		return n, err
 	}
-	if readAt.Valid {
-		t := readAt.Time.UTC()
-		n.ReadAt = &t
-	}
+	n.ReadAt = utcTime(readAt)
 	n.CreatedAt = n.CreatedAt.UTC()
 	return n, nil
 }
@@ -261,25 +261,10 @@ func (p *Postgres) CreateNotification(ctx context.Context, userID int64, title, 
 
 func (p *Postgres) ListNotifications(ctx context.Context, userID int64, limit, offset int) ([]Notification, int64, error) {
 	defer p.timed("notifications.list")()
-	var total int64
-	if err := p.DB.QueryRowContext(ctx, `SELECT count(*) FROM notifications WHERE user_id = $1`, userID).Scan(&total); err != nil {
-		return nil, 0, err
-	}
-	rows, err := p.DB.QueryContext(ctx, `SELECT `+notificationCols+` FROM notifications WHERE user_id = $1
+	return queryPage(ctx, p.DB, scanNotification,
+		`SELECT count(*) FROM notifications WHERE user_id = $1`, []interface{}{userID},
+		`SELECT `+notificationCols+` FROM notifications WHERE user_id = $1
 		ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3`, userID, limit, offset)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer rows.Close()
-	items := []Notification{}
-	for rows.Next() {
-		n, err := scanNotification(rows)
-		if err != nil {
-			return nil, 0, err
-		}
-		items = append(items, n)
-	}
-	return items, total, rows.Err()
 }
 
 func (p *Postgres) MarkNotificationRead(ctx context.Context, userID, id int64) (Notification, error) {
