@@ -72,6 +72,10 @@ class PostgresDatabase(Block):
             options=f"-c statement_timeout={self.statement_timeout_ms} -c lock_timeout={self.lock_timeout_ms}",
         )
 
+    def identity(self) -> str:
+        """host:port/dbname: what two environments sharing this database have in common."""
+        return f"{self.host}:{self.port}/{self.dbname}"
+
     def libpq_env(self) -> dict[str, str]:
         """Environment for pg_dump/pg_restore: the password travels here, never on a command line."""
         return {

@@ -123,7 +123,9 @@ def staging_deploy(
     stage, previous, backup = STAGES[0], None, None
     try:
         try:
-            waited = held.enter_context(deploy_lock(environment, wait=on_collision == "wait"))
+            waited = held.enter_context(
+                deploy_lock(environment, env.database.identity(), wait=on_collision == "wait")
+            )
         except DeployLocked as exc:
             notifier.finish(f"➖ skipped: {exc}")
             return Cancelled(message=f"{exc}; this run was cancelled (on_collision=cancel)")
@@ -138,7 +140,7 @@ def staging_deploy(
         target = env.target.with_checkout(build.source_dir)
         if dry_run:
             plan = plan_release(target, build.digest, build.version, env.app_environment())
-            pending = list_pending_migrations(target, build.digest, env.app_environment())
+            pending = list_pending_migrations(env.builder_docker_host, build.digest, env.app_environment())
             notifier.finish(f"🔍 dry run of {build.version}: nothing was changed")
             return Completed(message=f"dry run of {build.version}: {len(plan.changes)} objects would change, "
                              f"{len(pending)} migrations pending; nothing was changed")

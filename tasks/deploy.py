@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from blocks.docker_target import DockerTarget
 from blocks.target import DeployTarget
 from tasks.errors import PermanentError, RolloutFailed
 from tasks.models import DeployPlan, OneOffResult, Revision, RolloutResult
@@ -123,10 +124,11 @@ def plan_release(target: DeployTarget, image: str, version: str, env: Mapping[st
 
 
 @task(cache_policy=NO_CACHE)
-def list_pending_migrations(target: DeployTarget, image: str, env: Mapping[str, str]) -> list[dict]:
-    """The NEW image's `migrate status --json`: the migrations a deploy would apply (read-only)."""
-    get_run_logger().info("migrate status --json from %s", image)
-    status = target.run_one_off(image, ["migrate", "status", "--json"], env, 60)
+def list_pending_migrations(docker_host: str, image: str, env: Mapping[str, str]) -> list[dict]:
+    """The NEW image's `migrate status --json`, run on the build engine, not on the target:
+    a dry run must not write the target's Secret or create anything there."""
+    get_run_logger().info("migrate status --json from %s on the build engine", image)
+    status = DockerTarget(docker_host=docker_host).run_one_off(image, ["migrate", "status", "--json"], env, 60)
     pending = _status_json(status.logs).get("pending", [])
     create_table_artifact(
         key="dry-run-migrations",

@@ -1,8 +1,10 @@
-"""One deploy at a time per environment: a Prefect global concurrency limit of 1.
+"""One deploy at a time per environment and per database: Prefect global concurrency limits of 1.
 
-Every run takes the lock before preflight, whoever started it (the UI, the schedule, a
-test calling the flow directly), and holds it until it ends, sign-off wait included. The
-lock is a lease the server drops by itself if the process holding it dies.
+Every run takes the locks before preflight, whoever started it (the UI, the schedule, a
+test calling the flow directly), and holds them until it ends, sign-off wait included. Two
+environments that share a database (a copy of one, say) still never back up, migrate or
+restore it at the same time. The locks are leases the server drops by itself if the process
+holding them dies.
 """
 
 from __future__ import annotations
@@ -24,32 +26,31 @@ class DeployLocked(TemporaryError):
     """Another deploy to the same environment holds the lock."""
 
 
-def lock_name(environment: str) -> str:
-    return f"staging-deploy-{environment}"
+def lock_names(environment: str, database: str) -> list[str]:
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in database)
+    return [f"staging-deploy-{environment}", f"staging-database-{safe}"]
 
 
-def ensure_lock(environment: str) -> str:
-    """Create the environment's limit (1 slot) if it does not exist yet."""
-    name = lock_name(environment)
+def ensure_locks(names: list[str]) -> None:
+    """Create each limit (1 slot) that does not exist yet."""
     with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return name
+        for name in names:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
 @contextmanager
-def deploy_lock(environment: str, *, wait: bool, lease_s: float = 60) -> Iterator[float]:
-    """Hold the environment's deploy lock; yields how long it took to get it.
-
-    With ``wait=False`` a held lock raises DeployLocked at once instead of queueing.
-    """
-    name = ensure_lock(environment)
+def deploy_lock(environment: str, database: str, *, wait: bool, lease_s: float = 60) -> Iterator[float]:
+    """Hold the deploy locks of ``environment`` and of ``database`` (host:port/name); yields how
+    long it took to get them. With ``wait=False`` a held lock raises DeployLocked at once."""
+    names = lock_names(environment, database)
+    ensure_locks(names)
     logger = get_run_logger()
-    logger.info("taking the deploy lock %s%s", name, "" if wait else " (no waiting)")
+    logger.info("taking the deploy locks %s%s", ", ".join(names), "" if wait else " (no waiting)")
     started = time.monotonic()
-    slot = concurrency(name, occupy=1, timeout_seconds=None if wait else 2, strict=True, lease_duration=lease_s)
+    slot = concurrency(names, occupy=1, timeout_seconds=None if wait else 2, strict=True, lease_duration=lease_s)
     try:
         slot.__enter__()
     except TimeoutError as exc:

@@ -292,7 +292,7 @@ class FakeCluster:
 
     def _sync_deployment(self, d: dict) -> None:
         meta, spec = d["metadata"], d["spec"]
-        ns, uid, now = meta["namespace"], meta["uid"], time.monotonic()
+        ns, now = meta["namespace"], time.monotonic()
         rss = sorted((rs for rs in self.store.list(RS, ns) if owned_by(rs, d)),
                      key=lambda rs: int(rs["metadata"].get("annotations", {}).get(REVISION, "0")))
         key = template_key(spec["template"])
