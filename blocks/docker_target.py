@@ -186,6 +186,11 @@ class DockerTarget(DeployTarget):
             )
         revision = self._record(image, version)
         started_new: list[Container] = []
+
+        def outcome(**result) -> RolloutResult:
+            return RolloutResult(revision=revision, previous=previous, replicas=self._statuses(client),
+                                 duration_s=time.monotonic() - started, **result)
+
         while len(keep) + len(started_new) < self.replicas:
             port = self._free_port(client)
             container = self._start_replica(client, image, version, revision.number, port, env)
@@ -195,26 +200,12 @@ class DockerTarget(DeployTarget):
                 logs = {container.name: _logs(container, 200)}
                 for new in started_new:
                     _remove(new, self.stop_timeout_s)
-                return RolloutResult(
-                    revision=revision,
-                    previous=previous,
-                    replicas=self._statuses(client),
-                    complete=False,
-                    reason=f"replica {container.name}: {failure}",
-                    duration_s=time.monotonic() - started,
-                    logs=logs,
-                )
+                return outcome(complete=False, reason=f"replica {container.name}: {failure}", logs=logs)
             if old:
                 _remove(old.pop(0), self.stop_timeout_s)
         for container in old:
             _remove(container, self.stop_timeout_s)
-        return RolloutResult(
-            revision=revision,
-            previous=previous,
-            replicas=self._statuses(client),
-            complete=True,
-            duration_s=time.monotonic() - started,
-        )
+        return outcome(complete=True)
 
     def _free_port(self, client: docker.DockerClient) -> int:
         used = {int(c.labels[PORT_LABEL]) for c in self._containers(client, all_states=True) if PORT_LABEL in c.labels}
