@@ -11,7 +11,6 @@ columns, schema-driven list merging, RBAC.
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -19,7 +18,6 @@ from blocks.kubernetes_target import KubernetesTarget
 from tests.k8s_emulator import testing
 from tests.k8s_emulator.testing import IMAGES, SLOW
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import re
 
-import httpx
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -66,10 +65,7 @@ def test_static_endpoint_through_the_flow_with_artifacts(sandbox_env):
     assert sandbox_env.smoke_password.get_secret_value() not in markdown + str(rows)
 
 
-def test_the_api_mix_against_the_deployed_app(sandbox_env):
-    health = httpx.get(f"{str(sandbox_env.api_url).rstrip('/')}/health", verify=sandbox_env.ssl_context(), timeout=5)
-    if health.status_code != 200:
-        pytest.skip(f"the app is not deployed and healthy in the sandbox (/health {health.status_code})")
+def test_the_api_mix_against_the_deployed_app(sandbox_env, deployed_good_release):
     state = load_gate_check("sandbox", None, 4.0, return_state=True)
     report: LoadReport = state.result()
     [light] = report.profiles

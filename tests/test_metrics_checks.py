@@ -214,17 +214,9 @@ def test_window_is_cut_at_the_deploy():
 # --------------------------------------------------------------------------- the sandbox's Prometheus
 
 
-def _sandbox_prometheus_up() -> bool:
-    try:
-        return httpx.get(f"{SANDBOX_PROMETHEUS}/-/ready", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture
-def real_prom():
-    if not _sandbox_prometheus_up():
-        pytest.skip("the sandbox's Prometheus is not running")
+def real_prom(sandbox_up):
+    httpx.get(f"{SANDBOX_PROMETHEUS}/-/ready", timeout=5).raise_for_status()  # a sandbox test needs it up
     return environment(SANDBOX_PROMETHEUS)
 
 
