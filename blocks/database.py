@@ -7,13 +7,16 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
+
+from blocks.validation import check_hostname, check_text
 
 
 class PostgresDatabase(Block):
@@ -33,27 +36,38 @@ class PostgresDatabase(Block):
     dbname: str = Field("architect_staging", description="Database name")
     user: str = Field("architect", description="Role that owns the app's schema")
     password: SecretStr = Field(description="Password of that role")
-    sslmode: str = Field("prefer", description="libpq sslmode for the pipeline's own connections")
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field("prefer", description="libpq sslmode for the pipeline's own connections")
     pool_max: int = Field(100, ge=1, le=10_000, description="The app's pool size (DATABASE_MAX_CONNS)")
-    statement_timeout_ms: int = Field(30_000, ge=100, description="statement_timeout for the pipeline's queries")
-    lock_timeout_ms: int = Field(5_000, ge=100, description="lock_timeout for the pipeline's queries")
-    max_replication_lag_s: float = Field(30.0, gt=0, description="Largest replica lag preflight accepts")
+    statement_timeout_ms: int = Field(30_000, ge=100, le=2_147_483_647, description="statement_timeout for the pipeline's queries")
+    lock_timeout_ms: int = Field(5_000, ge=100, le=2_147_483_647, description="lock_timeout for the pipeline's queries")
+    max_replication_lag_s: float = Field(30.0, gt=0, le=86_400, description="Largest replica lag preflight accepts")
     # Concrete types, not the WritableFileSystem interface: the UI offers both and block
     # registration refuses interfaces.
     backup_storage: LocalFileSystem | RemoteFileSystem = Field(
         default_factory=lambda: LocalFileSystem(basepath="~/.architect-deploy/backups"),
         description="Filesystem block for backups (local directory by default; any fsspec remote works)",
     )
-    retention_hours: float = Field(24.0, gt=0, description="Backups older than this are pruned")
+    retention_hours: float = Field(24.0, gt=0, le=24 * 366, description="Backups older than this are pruned")
     backup_size_ratio: float = Field(
-        1.0, gt=0, description="Free space preflight wants for a backup, as a multiple of pg_database_size"
+        1.0, gt=0, le=100, description="Free space preflight wants for a backup, as a multiple of pg_database_size"
     )
     restore_maintenance_work_mem_mb: int = Field(
-        256, ge=1, description="maintenance_work_mem of the restore session (its index builds)"
+        256, ge=1, le=2_097_151, description="maintenance_work_mem of the restore session (its index builds)"
     )
     pg_bin_dir: str | None = Field(
         None, description="Directory of pg_dump/pg_restore/psql; empty: the one matching the server's major version"
     )
+
+    _validate_hosts = field_validator("host", "replica_host")(check_hostname)
+    _validate_text = field_validator("user", "pg_bin_dir")(check_text)
+
+    @field_validator("dbname")
+    @classmethod
+    def _dbname(cls, value: str) -> str:
+        # It goes into DATABASE_URL's path unquoted.
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,63}", value):
+            raise ValueError(f"{value!r} is not a database name (letters, digits, '_', '-', at most 63)")
+        return value
 
     def connect(self, *, replica: bool = False, autocommit: bool = True) -> psycopg.Connection:
         """A new connection to the primary (or the replica) with the block's timeouts."""

@@ -9,19 +9,22 @@ around the ones that are down, so the service never has fewer healthy replicas t
 from __future__ import annotations
 
 import json
+import re
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import httpx
-from docker.errors import DockerException, NotFound
+import requests
+from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 from pydantic import Field, field_validator, model_validator
 
 from blocks.target import DeployTarget
-from blocks.validation import check_name
+from blocks.validation import check_docker_host, check_name, check_text
 from tasks.errors import TemporaryError
 from tasks.models import DeployPlan, ObjectPlan, OneOffResult, ReplicaStatus, Revision, RolloutResult
 
@@ -60,6 +63,31 @@ class DockerTarget(DeployTarget):
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every container")
 
     _validate_app_name = field_validator("app_name")(check_name)
+    _validate_docker_host = field_validator("docker_host")(check_docker_host)
+    _validate_history_file = field_validator("history_file")(check_text)
+
+    @field_validator("health_path")
+    @classmethod
+    def _path_only(cls, value: str) -> str:
+        # Appended to http://host:port: anything but a path ("@evil/") would change the host.
+        if not re.fullmatch(r"/[A-Za-z0-9._~/-]{0,200}", value):
+            raise ValueError(f"{value!r} is not a URL path (starts with '/'; letters, digits, '.', '_', '~', '-', '/')")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _port_range(cls, value: list[int]) -> list[int]:
+        if any(not 1024 <= p <= 65535 for p in value):
+            raise ValueError("port slots must be between 1024 and 65535")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?", key):
+                raise ValueError(f"{key!r} is not a label key (lowercase letters, digits, '.', '_', '-')")
+        return value
 
     @field_validator("bind_host")
     @classmethod
@@ -73,14 +101,24 @@ class DockerTarget(DeployTarget):
     def _enough_slots(self) -> "DockerTarget":
         if len(set(self.ports)) < self.replicas + 1:
             raise ValueError(f"{self.replicas} replicas need {self.replicas + 1} distinct port slots (one for the surge)")
-        if any(not 1024 <= p <= 65535 for p in self.ports):
-            raise ValueError("port slots must be between 1024 and 65535")
         return self
 
     # -- clients and state ---------------------------------------------------------------
 
     def get_client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.docker_host, timeout=60)
+        with self._engine_calls("connecting"):
+            return docker.DockerClient(base_url=self.docker_host, timeout=60)
+
+    @contextmanager
+    def _engine_calls(self, doing: str) -> Iterator[None]:
+        """An engine that does not answer (restarting, say) is a TemporaryError: asking again may work."""
+        try:
+            yield
+        except APIError:
+            raise  # the engine answered; its error says what is wrong
+        except (DockerException, requests.ConnectionError, requests.Timeout) as exc:
+            raise TemporaryError(f"Docker engine at {self.docker_host} did not answer while {doing}: "
+                                 f"{type(exc).__name__}: {str(exc)[:160]}") from exc
 
     def _history_path(self) -> Path:
         return Path(self.history_file).expanduser()
@@ -106,10 +144,8 @@ class DockerTarget(DeployTarget):
         return [c for c in found if ONE_OFF_LABEL not in c.labels]
 
     def current_revision(self) -> Revision | None:
-        try:
+        with self._engine_calls("listing replicas"):
             running = self._containers(self.get_client())
-        except DockerException as exc:
-            raise TemporaryError(f"Docker engine at {self.docker_host} did not answer: {exc}") from exc
         numbers = {int(c.labels[REVISION_LABEL]) for c in running if REVISION_LABEL in c.labels}
         if not numbers:
             return None
@@ -117,15 +153,14 @@ class DockerTarget(DeployTarget):
         return next((r for r in self.history() if r.number == newest), None)
 
     def check_reachable(self) -> str:
-        try:
+        with self._engine_calls("asking its version"):
             info = self.get_client().version()
-        except DockerException as exc:
-            raise TemporaryError(f"Docker engine at {self.docker_host} did not answer: {exc}") from exc
         return f"Docker engine {info.get('Version', '?')} at {self.docker_host}"
 
     def replica_urls(self) -> list[str]:
         client = self.get_client()
-        return sorted(f"http://{self.bind_host}:{c.labels[PORT_LABEL]}" for c in self._containers(client))
+        with self._engine_calls("listing replicas"):
+            return sorted(f"http://{self.bind_host}:{c.labels[PORT_LABEL]}" for c in self._containers(client))
 
     def fetch_logs(self, tail: int = 100) -> dict[str, str]:
         client = self.get_client()
@@ -134,7 +169,8 @@ class DockerTarget(DeployTarget):
     # -- rollouts ------------------------------------------------------------------------
 
     def deploy(self, image: str, version: str, env: Mapping[str, str], timeout_s: float) -> RolloutResult:
-        return self._roll_out(image, version, env, timeout_s)
+        with self._engine_calls(f"rolling out {version}"):
+            return self._roll_out(image, version, env, timeout_s)
 
     def plan(self, image: str, version: str, env: Mapping[str, str]) -> DeployPlan:
         """Which replicas a rollout to ``image`` would replace; nothing is started or stopped."""
@@ -162,7 +198,8 @@ class DockerTarget(DeployTarget):
             target = next((r for r in revisions if r.number == to_revision), None)
             if target is None:
                 raise ValueError(f"revision {to_revision} is not in the history")
-        return self._roll_out(target.image, target.version, env, timeout_s)
+        with self._engine_calls(f"rolling back to {target.version}"):
+            return self._roll_out(target.image, target.version, env, timeout_s)
 
     def _roll_out(self, image: str, version: str, env: Mapping[str, str], timeout_s: float) -> RolloutResult:
         started = time.monotonic()
@@ -173,6 +210,7 @@ class DockerTarget(DeployTarget):
         except DockerException as exc:
             raise TemporaryError(f"could not pull {image}: {exc}") from exc
         previous = self.current_revision()
+        self._remove_stopped(client)
         # Replicas already running this image stay: an undo after a half-done rollout only
         # replaces what is not on the wanted image yet.
         running = self._containers(client)
@@ -205,7 +243,17 @@ class DockerTarget(DeployTarget):
                 _remove(old.pop(0), self.stop_timeout_s)
         for container in old:
             _remove(container, self.stop_timeout_s)
+        lost = [c.name for c in [*keep, *started_new] if _reloaded_status(c) != "running"]
+        if lost:  # ready once, gone before the rollout ended: not a complete rollout
+            return outcome(complete=False, reason=f"replica {', '.join(lost)} stopped running during the rollout")
         return outcome(complete=True)
+
+    def _remove_stopped(self, client: docker.DockerClient) -> None:
+        """Replicas that exited (killed, crashed, or stopped by an engine restart) serve nothing but
+        hold a port slot, and one-offs whose run died before removing them are litter: remove both."""
+        for container in client.containers.list(all=True, filters={"label": f"{APP_LABEL}={self.app_name}"}):
+            if container.status not in ("running", "restarting", "paused"):
+                _remove(container, 1)
 
     def _free_port(self, client: docker.DockerClient) -> int:
         used = {int(c.labels[PORT_LABEL]) for c in self._containers(client, all_states=True) if PORT_LABEL in c.labels}
@@ -297,6 +345,14 @@ class DockerTarget(DeployTarget):
             )
         finally:
             _remove(container, 1)
+
+
+def _reloaded_status(container: Container) -> str:
+    try:
+        container.reload()
+    except NotFound:
+        return "removed"
+    return container.status
 
 
 def _image_of(container: Container) -> str:

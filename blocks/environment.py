@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from prefect.blocks.core import Block
 from prefect.blocks.fields import SecretDict
 
@@ -16,6 +17,7 @@ from blocks.docker_target import DockerTarget
 from blocks.kubernetes_target import KubernetesTarget
 from blocks.registry import ImageRegistry
 from blocks.slack import SlackChannel
+from blocks.validation import CONTROL_CHARACTERS, check_docker_host, check_env_names, check_plain_url, check_text
 
 
 class Role(StrEnum):
@@ -29,6 +31,9 @@ class Role(StrEnum):
 
 class PerformanceTargets(BaseModel):
     """The guide's performance targets; the load and metrics gates judge against these."""
+
+    # An infinite target would make its gate pass whatever was measured.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     p50_ms: float = Field(100, gt=0, description="P50 latency must stay below this")
     p95_ms: float = Field(500, gt=0, description="P95 latency must stay below this")
@@ -101,12 +106,33 @@ class StagingEnvironment(Block):
     rollout_timeout_s: float = Field(300, gt=0, le=3600, description="Deadline for a rollout or an undo")
     health_timeout_s: float = Field(60, gt=0, le=3600, description="Deadline for the health gate")
 
+    _validate_urls = field_validator("api_url", "api_http_url", "prometheus_url")(check_plain_url)
+    _validate_text = field_validator("app_repo", "ca_bundle", "smoke_user")(check_text)
+    _validate_docker_host = field_validator("builder_docker_host")(check_docker_host)
+    _validate_env_names = field_validator("app_settings")(check_env_names)
+
+    @field_validator("allowed_origin")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]{1,253}(:\d{1,5})?", value):
+            raise ValueError(f"{value!r} is not an origin (scheme://host[:port], no path)")
+        return value
+
+    @field_validator("app_secrets")
+    @classmethod
+    def _secret_names(cls, value: SecretDict) -> SecretDict:
+        check_env_names(value.get_secret_value())
+        return value
+
     @field_validator("approvers")
     @classmethod
     def _no_blank_approvers(cls, value: dict[Role, list[str]]) -> dict[Role, list[str]]:
         for role, names in value.items():
             if any(not name.strip() for name in names):
                 raise ValueError(f"approvers for {role.value} contain an empty name")
+            # What the sign-off form accepts (tasks.approval.SignOffInput.name): anyone else could never sign.
+            if any(len(name) > 100 or CONTROL_CHARACTERS.search(name) for name in names):
+                raise ValueError(f"approvers for {role.value}: names are at most 100 characters, without control characters")
         return value
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, PrivateAttr, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
 
 from blocks.kubernetes_api import call
 from blocks.kubernetes_manifests import JOB_TEMPLATE, KINDS, job_manifest, load_manifests, secret_manifest
@@ -30,7 +30,7 @@ from blocks.kubernetes_rollout import (
     revision_number, rollout_verdict, secret_plan, spec_observed, undo_patch, undo_target,
 )
 from blocks.target import DeployTarget
-from blocks.validation import check_name
+from blocks.validation import check_name, check_plain_url, check_relative_path, check_text
 from tasks.errors import PermanentError
 from tasks.models import DeployPlan, ObjectPlan, OneOffResult, Revision, RolloutResult
 
@@ -75,6 +75,33 @@ class KubernetesTarget(DeployTarget):
     def _names(cls, value: str) -> str:
         return check_name(value)
 
+    _validate_manifest_dir = field_validator("manifest_dir")(check_relative_path)
+    _validate_text = field_validator("kubeconfig_path", "context", "ca_cert_path", "repo_dir")(check_text)
+
+    @field_validator("field_manager")
+    @classmethod
+    def _field_manager(cls, value: str) -> str:
+        if len(value) > 128 or not value.isprintable():  # the API's limits for fieldManager
+            raise ValueError(f"{value!r} is not a field manager (printable, at most 128 characters)")
+        return value
+
+    @field_validator("reachable_replica_urls")
+    @classmethod
+    def _replica_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            check_plain_url(TypeAdapter(AnyHttpUrl).validate_python(url))
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_url(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                check_plain_url(TypeAdapter(AnyHttpUrl).validate_python(value))
+            except ValidationError as exc:
+                raise ValueError(f"{value!r} is not an http(s) URL: {exc.errors()[0]['msg']}") from None
+        return value
+
     @field_validator("verify_tls")
     @classmethod
     def _always_verify(cls, value: bool) -> bool:
@@ -91,7 +118,7 @@ class KubernetesTarget(DeployTarget):
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise ValueError(f"host {self.host!r} is not an http(s) URL")
             if url.scheme == "http" and url.hostname not in LOOPBACK:
-                raise ValueError("plain http is only allowed to a loopback address (kubectl proxy, tests)")
+                raise ValueError(f"host {self.host!r}: plain http is only allowed to a loopback address (kubectl proxy, tests)")
         return self
 
     # ---- client factory ---------------------------------------------------------------------------
@@ -341,6 +368,9 @@ class KubernetesTarget(DeployTarget):
 
     def replica_urls(self) -> list[str]:
         return list(self.reachable_replica_urls)
+
+    def replicas_to_check(self, rollout: RolloutResult) -> int | None:
+        return None  # pods are reached through the configured URLs, not one URL per pod
 
     # ---- dry run ----------------------------------------------------------------------------------
 

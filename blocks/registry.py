@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from prefect.blocks.core import Block
 
-from blocks.validation import check_host_port, check_name
+from blocks.validation import check_host_port, check_name, check_text
 
 
 class ImageRegistry(Block):
@@ -24,6 +24,13 @@ class ImageRegistry(Block):
 
     _validate_address = field_validator("address")(check_host_port)
     _validate_repository = field_validator("repository")(check_name)
+    _validate_username = field_validator("username")(check_text)
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> "ImageRegistry":
+        if not self.use_tls and self.address.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise ValueError(f"use_tls: plain HTTP to {self.address} is only allowed on loopback")
+        return self
 
     def image(self, tag: str) -> str:
         return f"{self.address}/{self.repository}:{tag}"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import AnyHttpUrl, Field, SecretStr
+import re
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 from prefect.blocks.core import Block
 from slack_sdk import WebClient
+
+from blocks.validation import check_plain_url
 
 
 class SlackChannel(Block):
@@ -22,6 +26,15 @@ class SlackChannel(Block):
     timeout_s: float = Field(
         3.0, gt=0, le=30, description="Per-call timeout: a slow Slack must never slow a deploy down much"
     )
+
+    _validate_api_url = field_validator("api_url")(check_plain_url)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        if not re.fullmatch(r"#[a-z0-9_-]{1,80}|[CGD][A-Z0-9]{8,20}", value):
+            raise ValueError(f"{value!r} is not a channel name (#name) or ID (C0123ABCD)")
+        return value
 
     def get_client(self) -> WebClient:
         # No retry handlers: a failed notification is logged and dropped, never waited on.

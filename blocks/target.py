@@ -70,3 +70,8 @@ class DeployTarget(Block, abc.ABC):
     @abc.abstractmethod
     def replica_urls(self) -> list[str]:
         """Base URLs of the running replicas that a check on this machine can reach directly."""
+
+    def replicas_to_check(self, rollout: RolloutResult) -> int | None:
+        """How many URLs ``replica_urls()`` must list after ``rollout``: one per replica it left
+        running. None where the URLs are a configured subset rather than every replica."""
+        return len(rollout.replicas)

@@ -20,10 +20,13 @@ SEMVER = re.compile(
 # A branch, tag or commit: what `git check-ref-format` accepts, minus anything a shell or git
 # option parser could read specially (no leading '-', no '..', no '@{', no spaces or metacharacters).
 GIT_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)(?!.*\.lock$)(?!.*/$)(?!.*\.$)[A-Za-z0-9._/-]{1,100}$")
-# The same rule without look-arounds, for JSON schemas (the UI's form) and pydantic's regex engine.
-GIT_REF_CHARS = r"^[A-Za-z0-9._/][A-Za-z0-9._/-]{0,99}$"
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 HOST_PORT = re.compile(r"^[A-Za-z0-9.-]{1,253}:\d{1,5}$")
+HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^[0-9A-Fa-f:]{2,39}$")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+DOCKER_HOST = re.compile(r"^(unix|tcp|ssh|npipe)://[^\s]{1,200}$")
+MAX_URL_LENGTH = 2083
 
 
 def _checked_length(value: str) -> str:
@@ -52,6 +55,55 @@ def check_git_ref(value: str) -> str:
 def check_name(value: str) -> str:
     if not NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a lowercase name (a-z, 0-9, '-', at most 63 characters)")
+    return value
+
+
+def check_text(value: str | None) -> str | None:
+    """A one-line setting (a path, a user, a context): bounded, no control characters."""
+    if value is None:
+        return value
+    _checked_length(value)
+    if CONTROL_CHARACTERS.search(value):
+        raise ValueError(f"{value!r} contains a control character")
+    return value
+
+
+def check_hostname(value: str | None) -> str | None:
+    if value is not None and not HOSTNAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return value
+
+
+def check_plain_url(url):
+    """An http(s) URL (pydantic checked the scheme) without credentials in it: they would be logged."""
+    if url is None:
+        return url
+    if url.username or url.password:
+        raise ValueError("must not embed credentials (user:password@); they belong in a secret field")
+    if len(str(url)) > MAX_URL_LENGTH:
+        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+    return url
+
+
+def check_relative_path(value: str) -> str:
+    """A path inside a checkout: relative, no '..', no '~'."""
+    check_text(value)
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "~")) or ".." in parts:
+        raise ValueError(f"{value!r} must be a relative path inside the checkout (no leading '/' or '~', no '..')")
+    return value
+
+
+def check_env_names(value: dict) -> dict:
+    for key in value:
+        if not ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not an environment variable name (A-Z, 0-9, '_')")
+    return value
+
+
+def check_docker_host(value: str) -> str:
+    if not DOCKER_HOST.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Docker engine address (unix://, tcp://, ssh:// or npipe://)")
     return value
 
 

@@ -33,7 +33,9 @@ from prefect.input.run_input import keyset_from_paused_state
 from prefect.settings import PREFECT_API_URL
 
 from blocks.environment import Role
-from tasks.approval import read_ledger, refusal_reason
+from pydantic import ValidationError
+
+from tasks.approval import SignOffInput, read_ledger, refusal_reason
 from tasks.notify import flow_run_url
 from tasks.signoff_document import Decision, Ledger
 
@@ -95,6 +97,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     role, name = Role(args.role), " ".join(args.name.split())
+    try:  # the form the server will check, checked first: a bad argument never reaches a run
+        SignOffInput.model_validate({"role": role, "name": name, "decision": args.decision, "notes": args.notes})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"architect-signoff sign: error: argument --{error['loc'][0]}: {error['msg']}", file=sys.stderr)
+        return 2
     with get_client(sync_client=True) as client:
         ledger = read_ledger(client, args.run_id)
         if ledger is None:

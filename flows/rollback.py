@@ -62,8 +62,10 @@ def rollback(
     env = StagingEnvironment.load(environment)
     app_env = env.app_environment()
     undone = undo_app and previous is not None
+    expected = None
     if undone:
-        roll_back_release(env.target, previous.number, app_env, env.rollout_timeout_s)
+        undo = roll_back_release(env.target, previous.number, app_env, env.rollout_timeout_s)
+        expected = env.target.replicas_to_check(undo)
 
     decision = should_restore(restore_policy, env.database, backup)
     restored = restore_database(env.database, backup) if decision else None
@@ -71,7 +73,7 @@ def rollback(
         f"restored from {backup.name} ({restored.rows_discarded} rows written since were discarded)"
         if restored else f"kept ({decision.reason})"
     )
-    health = check_health(env, env.target.replica_urls(), env.health_timeout_s) if undo_app else None
+    health = check_health(env, env.target.replica_urls(), env.health_timeout_s, expected) if undo_app else None
     report = RollbackReport(
         failed_stage=failed_stage,
         reason=reason,

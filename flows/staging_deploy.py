@@ -15,7 +15,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import AfterValidator, Field
 
 from blocks.environment import StagingEnvironment
-from blocks.validation import GIT_REF_CHARS, NAME, SEMVER, check_git_ref, check_name, check_semver
+from blocks.validation import GIT_REF, MAX_INPUT_LENGTH, NAME, SEMVER, check_git_ref, check_name, check_semver
 from flows.rollback import rollback
 from tasks.approval import publish_signoff_document, sign_off_release, signoff_required
 from tasks.build import build_release
@@ -36,6 +36,8 @@ from tasks.deploy import (
     run_migrations,
 )
 from tasks.errors import DeployError, GateFailed, InvalidInput
+from tasks.journal import (DeployJournal, clear_journal, close_abandoned_run, load_backup, new_journal,
+                           read_journal, remove_workspaces, workspace_prefix, write_journal)
 from tasks.load import LoadReport, run_load_test
 from tasks.lock import DeployLocked, deploy_lock
 from tasks.metrics import check_metrics
@@ -48,8 +50,10 @@ STAGES = ["preflight", "build", "backup", "migrate", "deploy", "health", "smoke"
 # From "migrate" on the database may have changed, from "deploy" on the app: a failure undoes them.
 DATABASE_CHANGED_FROM, APP_CHANGED_FROM = "migrate", "deploy"
 
-Version = Annotated[str | None, Field(pattern=SEMVER.pattern), AfterValidator(lambda v: v and check_semver(v))]
-GitRef = Annotated[str, Field(pattern=GIT_REF_CHARS), AfterValidator(check_git_ref)]
+Version = Annotated[str | None, Field(pattern=SEMVER.pattern, max_length=MAX_INPUT_LENGTH), AfterValidator(lambda v: v and check_semver(v))]
+# The schema (the UI's form, the server's check of a deployment run) carries the full rule; pydantic's
+# own regex engine has no look-arounds, so the validator applies it here.
+GitRef = Annotated[str, Field(json_schema_extra={"pattern": GIT_REF.pattern}), AfterValidator(check_git_ref)]
 EnvironmentName = Annotated[str, Field(pattern=NAME.pattern), AfterValidator(check_name)]
 
 
@@ -120,7 +124,7 @@ def staging_deploy(
         stage_names=STAGES,
     )
     held = ExitStack()
-    stage, previous, backup = STAGES[0], None, None
+    stage, previous, backup, recovered = STAGES[0], None, None, ""
     try:
         try:
             waited = held.enter_context(
@@ -129,9 +133,12 @@ def staging_deploy(
         except DeployLocked as exc:
             notifier.finish(f"➖ skipped: {exc}")
             return Cancelled(message=f"{exc}; this run was cancelled (on_collision=cancel)")
-        workspace = held.enter_context(tempfile.TemporaryDirectory(prefix="architect-build-"))
+        run = get_run_context().flow_run
+        workspace = held.enter_context(tempfile.TemporaryDirectory(prefix=workspace_prefix(str(run.id))))
 
         with notifier.running(stage := "preflight"):
+            if abandoned := read_journal(environment):
+                recovered = _recover(notifier, env, environment, abandoned, restore_policy)
             lock = CheckResult(name="deploy lock", verdict=Verdict.PASS, detail=f"taken after {waited:.1f} s")
             database = check_database(env.database)
             require(run_preflight(env, environment, git_ref, extra_checks=[lock, *database.checks]))
@@ -147,14 +154,17 @@ def staging_deploy(
         previous = record_current_revision(target)
         with notifier.running(stage := "backup"):
             backup = backup_database(env.database, run_label=f"{build.version} {build.commit[:12]}")
+        journal = write_journal(new_journal(environment, run, build.version, previous, backup.name))
         with notifier.running(stage := "migrate"):
             run_migrations(target, build.digest, env.app_environment())
             require(verify_schema(env.database, build.schema_version))
         with notifier.running(stage := "deploy"):
-            deploy_release(target, build.digest, build.version, env.app_environment(), env.rollout_timeout_s)
+            write_journal(journal.at(stage))
+            rollout = deploy_release(target, build.digest, build.version, env.app_environment(), env.rollout_timeout_s)
         deployed_at = datetime.now(timezone.utc)
         with notifier.running(stage := "health"):
-            require(health := check_health(env, target.replica_urls(), env.health_timeout_s))
+            expected = target.replicas_to_check(rollout)
+            require(health := check_health(env, target.replica_urls(), env.health_timeout_s, expected))
         with notifier.running(stage := "smoke"):
             require(smoke := run_smoke_suite(env))
         with notifier.running(stage := "load"):
@@ -173,14 +183,32 @@ def staging_deploy(
         stage = exc.stage if getattr(exc, "stage", None) in STAGES else stage
         return _fail(notifier, environment, stage, reason, previous, backup, restore_policy)
     else:
+        clear_journal(environment)
         notifier.finish(f"✅ {build.version} is live on {environment}")
         _report_timings(notifier)
         if needs_signoff:
             publish_signoff_document(record)  # again, so the signed document is the run's last artifact
-        return Completed(message=f"{build.version} ({build.commit[:12]}) deployed to {environment}", data=build)
+        return Completed(message=f"{build.version} ({build.commit[:12]}) deployed to {environment}{recovered}",
+                         data=build)
     finally:
         held.close()
         notifier.close()
+
+
+def _recover(notifier, env, environment: str, abandoned: DeployJournal, restore_policy) -> str:
+    """A run died mid-deploy (we hold the lock it held): close it, undo its changes, then go on."""
+    this_run = get_run_context().flow_run.name
+    notifier.reply(f"⚠️ found a half-finished deploy: {abandoned.describe()}; rolling it back first")
+    closed = close_abandoned_run(abandoned, this_run)
+    remove_workspaces(abandoned.flow_run_id)
+    report = rollback(environment, abandoned.previous, abandoned.stage, abandoned.describe(),
+                      load_backup(env.database, abandoned.backup), restore_policy, undo_app=True)
+    clear_journal(environment)
+    notifier.reply(f"↩️ recovered from the half-finished deploy ({closed}): {report.summary()}")
+    if not report.healthy:
+        raise GateFailed(f"the half-finished deploy of {abandoned.version} was rolled back, but {report.summary()}",
+                         stage="preflight")
+    return f", after rolling back the half-finished deploy of {abandoned.version} ({report.summary()})"
 
 
 def _report_timings(notifier: RunNotifier) -> None:
@@ -206,6 +234,7 @@ def _fail(notifier, environment, stage, reason, previous, backup, restore_policy
         notifier.finish(f"🚨 {stage} failed and the rollback failed too")
         notifier.reply(f"🚨 rollback failed: {exc}")
         return Failed(message=f"{stage} failed: {reason}; ROLLBACK FAILED: {exc}")
+    clear_journal(environment)  # rolled back: nothing left for the next run to undo
     notifier.reply(f"↩️ {report.summary()}")
     notifier.finish(f"❌ {stage} failed; {report.summary()}")
     _report_timings(notifier)

@@ -312,7 +312,9 @@ DOCKER = Daemon(
     lambda: ["dockerd", "--storage-driver=vfs", "--bridge=none", "--iptables=false",
              "--ip-masq=false", "--userland-proxy=false", "--data-root", str(config.DOCKER_DATA),
              "--pidfile", str(config.DOCKER_DATA / "dockerd.pid"), "-H", config.DOCKER_HOST,
-             "--log-level=warn"],
+             "--log-level=warn",
+             # Replicas keep serving while the engine restarts (the fault tests restart it mid-deploy).
+             "--live-restore"],
     docker_check, start_timeout=60, stop_grace=30)
 REGISTRY = Daemon(
     "registry", f"{H}:{config.REGISTRY_PORT}", "docker-registry", (config.REGISTRY_PORT,),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -80,42 +81,76 @@ def _health_problem(response: httpx.Response) -> str | None:
     return f"components not healthy: {bad}" if bad else None
 
 
-@task(cache_policy=NO_CACHE)
-def check_health(environment: StagingEnvironment, replica_urls: list[str], deadline_s: float) -> GateReport:
-    """``/health`` of every replica (plain HTTP on loopback) and of the load-balanced API URL.
+# Healthy answers in a row, half a second apart: a replica that dies or flaps while the gate
+# watches fails it, for one second added to a deploy.
+HEALTHY_IN_A_ROW, POLL_INTERVAL_S = 3, 0.5
 
-    Each URL is polled until it answers healthy or the shared deadline passes, so a replica
+
+@dataclass
+class _Probe:
+    name: str
+    url: str
+    verify: object
+    attempts: int = 0
+    in_a_row: int = 0
+    problem: str | None = "not asked"
+    last_problem: str = ""
+    response: str = ""
+
+    def poll(self, redact: Redactor) -> None:
+        self.attempts += 1
+        with httpx.Client(verify=self.verify, timeout=5.0) as client:
+            try:
+                response = client.get(self.url)
+                self.problem, self.response = _health_problem(response), excerpt(response, redact)
+            except httpx.HTTPError as exc:
+                self.problem, self.response = f"{type(exc).__name__}: {exc}", ""
+        self.in_a_row = self.in_a_row + 1 if self.problem is None else 0
+        if self.problem is not None:
+            self.last_problem = self.problem
+
+    def result(self, needed: int) -> CheckResult:
+        if self.in_a_row >= needed:
+            detail = f"healthy {needed} times in a row (attempt {self.attempts})"
+        elif self.problem is None:
+            detail = f"healthy only {self.in_a_row} time(s) in a row; before that: {self.last_problem}"
+        else:
+            detail = f"{self.problem} after {self.attempts} attempt(s)"
+        return CheckResult(name=self.name, verdict=Verdict.PASS if self.in_a_row >= needed else Verdict.FAIL,
+                           detail=detail, request=f"GET {urlsplit(self.url).path}",
+                           response="" if self.in_a_row >= needed else self.response)
+
+
+@task(cache_policy=NO_CACHE)
+def check_health(environment: StagingEnvironment, replica_urls: list[str], deadline_s: float,
+                 expected_replicas: int | None = None, in_a_row: int = HEALTHY_IN_A_ROW) -> GateReport:
+    """``/health`` of every replica (plain HTTP on loopback) and of the load-balanced API URL,
+    each ``in_a_row`` times healthy in a row, and as many replicas as the rollout left running.
+
+    URLs are polled every half second until they pass or the shared deadline passes, so a replica
     that is still restarting gets its chance. Observes only; it loops itself instead of retrying.
     """
     logger = run_logger()
     redact = Redactor(environment_secrets(environment))
     deadline = time.monotonic() + deadline_s
-    targets = [(f"replica {u}", u, True) for u in replica_urls]
-    targets.append((f"load balancer {environment.api_url}", str(environment.api_url), environment.ssl_context()))
+    probes = [_Probe(f"replica {u}", u.rstrip("/") + "/health", True) for u in replica_urls]
+    api = str(environment.api_url).rstrip("/")
+    probes.append(_Probe(f"load balancer {environment.api_url}", api + "/health", environment.ssl_context()))
+    while True:
+        for probe in probes:
+            if probe.in_a_row < in_a_row:
+                probe.poll(redact)
+        if all(p.in_a_row >= in_a_row for p in probes) or time.monotonic() >= deadline:
+            break
+        time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
     report = GateReport(stage="health")
-    for name, base, verify in targets:
-        url = base.rstrip("/") + "/health"
-        attempts, problem, last = 0, "not asked", ""
-        with httpx.Client(verify=verify, timeout=5.0) as client:
-            while True:
-                attempts += 1
-                try:
-                    response = client.get(url)
-                    problem, last = _health_problem(response), excerpt(response, redact)
-                except httpx.HTTPError as exc:
-                    problem, last = f"{type(exc).__name__}: {exc}", ""
-                if problem is None or time.monotonic() >= deadline:
-                    break
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        logger.info("GET %s -> %s after %d attempt(s)", url, problem or "healthy", attempts)
-        report.checks.append(
-            CheckResult(
-                name=name,
-                verdict=Verdict.PASS if problem is None else Verdict.FAIL,
-                detail=f"healthy (attempt {attempts})" if problem is None else f"{problem} after {attempts} attempt(s)",
-                request=f"GET {urlsplit(url).path}",
-                response="" if problem is None else redact(last),
-            )
-        )
+    if expected_replicas is not None:
+        running = len(replica_urls)
+        report.checks.append(CheckResult(
+            name="replicas running", verdict=Verdict.PASS if running >= expected_replicas else Verdict.FAIL,
+            detail=f"{running} of the {expected_replicas} the rollout left running"))
+    for probe in probes:
+        logger.info("GET %s -> %s after %d attempt(s)", probe.url, probe.problem or "healthy", probe.attempts)
+        report.checks.append(probe.result(in_a_row))
     publish_table(report, "health-gate", lambda c: c.model_dump(include={"name", "verdict", "detail", "response"}))
     return report

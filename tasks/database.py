@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 
@@ -25,7 +27,7 @@ from pydantic import BaseModel, Field
 from blocks.database import PostgresDatabase
 from tasks import pg_tools
 from tasks.backup_storage import copy_stream, discard, free_name, human_size, prune_backups, storage_files
-from tasks.errors import PermanentError, TemporaryError, retry_if_temporary
+from tasks.errors import PermanentError, TemporaryError, one_line, retry_if_temporary
 from tasks.models import CheckResult, GateReport, Verdict, utcnow
 from tasks.pg_manifest import (TableManifest, replication_lag, row_counts, schema_fingerprint, schema_version,
                                snapshot_connection, table_manifests, verify_sql)
@@ -125,7 +127,7 @@ def check_database(database: PostgresDatabase) -> GateReport:
             add("database connections", in_use < limit, f"{in_use} in use, pool {database.pool_max} (must be < {limit:g})")
             major = conn.info.server_version // 10000
     except psycopg.Error as exc:
-        add("database primary", False, f"{type(exc).__name__}: {str(exc).strip()}")
+        add("database primary", False, f"{type(exc).__name__}: {one_line(exc)}")
         return report
     try:
         database.pg_tool("pg_dump", major)
@@ -143,7 +145,7 @@ def check_database(database: PostgresDatabase) -> GateReport:
                 add("replication lag", lag <= database.max_replication_lag_s,
                     f"{lag:.1f}s (max {database.max_replication_lag_s:g}s): {detail}")
         except psycopg.Error as exc:
-            add("database replica", False, f"{type(exc).__name__}: {str(exc).strip()}")
+            add("database replica", False, f"{type(exc).__name__}: {one_line(exc)}")
     free = database.backups().free_bytes()
     need = int(size * database.backup_size_ratio)
     if free is None:
@@ -156,6 +158,15 @@ def check_database(database: PostgresDatabase) -> GateReport:
 
 
 # --- backup ----------------------------------------------------------------------
+
+
+@contextmanager
+def _unreachable_is_temporary(database: PostgresDatabase, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.OperationalError as exc:  # connection refused or lost: the server may come back
+        raise TemporaryError(f"database {database.host}:{database.port} unreachable while {doing}: "
+                             f"{one_line(exc)}") from exc
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=retry_if_temporary)
@@ -172,7 +183,8 @@ def backup_database(database: PostgresDatabase, run_label: str = "", checksums: 
     name = free_name(store, created)
     dump_file, manifest_file = f"{name}.dump", f"{name}.manifest.json"
     partial = dump_file + ".partial"
-    with snapshot_connection(database) as conn, tempfile.TemporaryFile() as stderr:
+    with _unreachable_is_temporary(database, "taking the backup"), snapshot_connection(database) as conn, \
+            tempfile.TemporaryFile() as stderr:
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         major = conn.info.server_version // 10000
         argv = [database.pg_tool("pg_dump", major), "--format=custom", "--no-password",
@@ -367,7 +379,7 @@ def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None
         add("migrations complete", verdict(current >= want and not gaps),
             f"version {current}" + (f", expected {want}" if current != want else "") + (f", gaps {gaps}" if gaps else ""))
     except psycopg.Error as exc:
-        add("migrations complete", Verdict.FAIL, f"{type(exc).__name__}: {str(exc).strip()}")
+        add("migrations complete", Verdict.FAIL, f"{type(exc).__name__}: {one_line(exc)}")
         return report
     if database.replica_host:
         try:
@@ -379,7 +391,7 @@ def check_data_integrity(database: PostgresDatabase, backup: BackupResult | None
                 seen = schema_version(replica)
             add("replica consistent", verdict(seen == current), f"replica at schema version {seen}, primary {current}")
         except psycopg.Error as exc:
-            add("replication lag", Verdict.FAIL, f"{type(exc).__name__}: {str(exc).strip()}")
+            add("replication lag", Verdict.FAIL, f"{type(exc).__name__}: {one_line(exc)}")
     store = database.backups()
     try:
         found = storage_files(store)

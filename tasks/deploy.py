@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 
 from blocks.docker_target import DockerTarget
 from blocks.target import DeployTarget
-from tasks.errors import PermanentError, RolloutFailed
+from tasks.errors import PermanentError, RolloutFailed, retry_if_temporary
 from tasks.models import DeployPlan, OneOffResult, Revision, RolloutResult
 
 LOG_LINES_IN_REPORT = 60
@@ -62,7 +62,8 @@ def deploy_release(target: DeployTarget, image: str, version: str, env: Mapping[
     return result
 
 
-@task(cache_policy=NO_CACHE)
+# Idempotent (replicas already on the wanted image stay), so an engine that is briefly away is waited out.
+@task(cache_policy=NO_CACHE, retries=5, retry_delay_seconds=10, retry_condition_fn=retry_if_temporary)
 def roll_back_release(
     target: DeployTarget, to_revision: int | None, env: Mapping[str, str], timeout_s: float
 ) -> RolloutResult:

@@ -45,6 +45,11 @@ class RolloutFailed(PermanentError):
     """The new revision never became available: crash loop, unhealthy, deadline."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line: psycopg's and libpq's messages carry newlines and tabs."""
+    return " ".join(str(exc).split())
+
+
 def retry_if_temporary(task, task_run, state) -> bool:
     """A task's ``retry_condition_fn``: retry only a TemporaryError, never a permanent one."""
     try:

@@ -8,6 +8,8 @@ replica's lag is here too: the other thing the database checks read from the ser
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 from psycopg import sql
 from pydantic import BaseModel, Field
@@ -121,23 +123,29 @@ def row_counts(conn: psycopg.Connection) -> dict[str, int]:
     return counts
 
 
-def replication_lag(database: PostgresDatabase) -> tuple[float | None, str]:
-    """Seconds the replica is behind (0 when it replayed everything the primary had written)."""
+def replication_lag(database: PostgresDatabase, poll_s: float = 0.2) -> tuple[float | None, str]:
+    """Seconds the replica takes to replay what the primary has written now (0: it already has).
+
+    Measured, not estimated: "now() - last replayed transaction" reads as minutes of lag on a
+    primary that was idle and has just written again. Waits at most ``max_replication_lag_s``
+    plus a second, so a lag beyond the limit still shows as beyond it.
+    """
     with database.connect() as primary:
         primary_lsn = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    started = time.monotonic()
     with database.connect(replica=True) as replica:
-        in_recovery, caught_up, lag = replica.execute(
-            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn,"
-            " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
-            (primary_lsn,),
-        ).fetchone()
-    if not in_recovery:
-        return None, "the replica is not in recovery: it is not replicating"
-    if caught_up:
-        return 0.0, f"replayed up to the primary's {primary_lsn}"
-    if lag is None:
-        return None, "the replica has not replayed any transaction yet"
-    return lag, f"last replayed transaction {lag:.1f}s ago"
+        while True:
+            in_recovery, caught_up = replica.execute(
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn", (primary_lsn,)).fetchone()
+            waited = time.monotonic() - started
+            if not in_recovery:
+                return None, "the replica is not in recovery: it is not replicating"
+            if caught_up:
+                detail = f"replayed up to the primary's {primary_lsn}"
+                return (0.0, detail) if waited < poll_s else (waited, f"{detail} after {waited:.1f}s")
+            if waited > database.max_replication_lag_s + 1:
+                return waited, f"still short of the primary's {primary_lsn} after {waited:.1f}s"
+            time.sleep(poll_s)
 
 
 def verify_sql(version: int, fingerprint: str, tables: dict[str, TableManifest]) -> str:

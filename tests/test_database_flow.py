@@ -4,32 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import config
 from tasks.pg_manifest import table_checksums
-from tests.conftest import deploy, serving_versions
+from tests.conftest import deploy, schema_version, serving_versions
 
 pytestmark = pytest.mark.sandbox
-
-MIGRATION_003_DOWN = config.REPO_ROOT / "sandbox" / "architect-api" / "migrations" / "003_event_severity.down.sql"
-
-
-def schema_version(database) -> int:
-    with database.connect() as conn:
-        return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-
-
-@pytest.fixture
-def database_at_schema_2(sandbox_env, deployed_good_release):
-    """The staging database as v3.1.0 left it: schema 2 (migration 003 reverted if present)."""
-    database = sandbox_env.database
-    if schema_version(database) > 2:
-        with database.connect(autocommit=False) as conn:
-            conn.execute(MIGRATION_003_DOWN.read_text())
-            conn.execute("DELETE FROM schema_migrations WHERE version > 2")
-            conn.commit()
-    assert schema_version(database) == 2
-    return database
-
 
 def test_a_migration_that_fails_halfway_leaves_the_database_exactly_as_before(
     sandbox_env, database_at_schema_2, deployed_good_release

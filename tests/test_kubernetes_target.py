@@ -208,7 +208,10 @@ def test_unreachable_api_is_a_temporary_error(tmp_path):
 
 def test_manifest_dir_may_not_leave_the_checkout(tmp_path):
     repo = testing.app_repo(tmp_path)
-    t = KubernetesTarget(host="http://127.0.0.1:1", repo_dir=str(repo), manifest_dir="../../etc")
+    with pytest.raises(ValidationError, match="manifest_dir"):
+        KubernetesTarget(host="http://127.0.0.1:1", repo_dir=str(repo), manifest_dir="../../etc")
+    # Defence in depth: a value that skipped validation (model_copy) is still refused at use.
+    t = KubernetesTarget(host="http://127.0.0.1:1", repo_dir=str(repo)).model_copy(update={"manifest_dir": "../../etc"})
     with pytest.raises(PermanentError, match="leaves the repo checkout"):
         t.manifests_path()
     assert t.with_checkout(repo).model_copy(update={"manifest_dir": "k8s/staging"}).manifests_path().is_dir()

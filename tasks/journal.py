@@ -1,0 +1,123 @@
+"""The deploy journal: what a run has changed and not yet finished, kept where the next run finds it.
+
+A run writes its journal (a Prefect Variable per environment) once it has taken the
+pre-deployment backup, names the stage it is in as it changes the database and the app, and
+deletes the journal when the release is live or rolled back. A journal that is still there
+when the next run holds the environment's lock therefore belongs to a run that died mid-deploy
+(its worker killed, its machine gone): the lock is a lease that only a dead holder loses. The
+next run closes that run as Crashed and rolls its changes back before it changes anything itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.logging import get_run_logger
+from prefect.states import Crashed
+from prefect.variables import Variable
+from pydantic import BaseModel
+
+from blocks.database import PostgresDatabase
+from tasks.database import BackupResult
+from tasks.models import Revision, utcnow
+
+
+class DeployJournal(BaseModel):
+    """Enough to undo a run that cannot undo itself."""
+
+    environment: str
+    flow_run_id: str
+    flow_run_name: str
+    version: str
+    stage: str
+    previous: Revision | None
+    backup: str | None = None
+    started_at: datetime
+
+    def at(self, stage: str) -> "DeployJournal":
+        return self.model_copy(update={"stage": stage})
+
+    def describe(self) -> str:
+        return f"run {self.flow_run_name} ({self.flow_run_id}) of {self.version}, stopped during {self.stage}"
+
+
+def variable_name(environment: str) -> str:
+    # Variable names allow lower-case letters, digits, '-' and '_' only.
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in environment.lower())
+    return f"architect-deploy-journal-{safe}"
+
+
+def write_journal(journal: DeployJournal) -> DeployJournal:
+    """Record (or update) what this run is changing; returns the journal for chaining."""
+    get_run_logger().info("deploy journal: %s at %s", journal.version, journal.stage)
+    Variable.set(variable_name(journal.environment), journal.model_dump(mode="json"), overwrite=True)
+    return journal
+
+
+def read_journal(environment: str) -> DeployJournal | None:
+    value = Variable.get(variable_name(environment))
+    return DeployJournal.model_validate(value) if value else None
+
+
+def clear_journal(environment: str) -> None:
+    get_run_logger().info("deploy journal of %s cleared", environment)
+    Variable.unset(variable_name(environment))
+
+
+@task(cache_policy=NO_CACHE)
+def close_abandoned_run(journal: DeployJournal, found_by: str) -> str:
+    """Mark the run that wrote ``journal`` Crashed, if the server still thinks it is going.
+
+    Returns the state it was left in, as the report shows it.
+    """
+    logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(journal.flow_run_id)
+        except ObjectNotFound:
+            return "not found on the server"
+        if run.state is None or run.state.is_final():
+            return f"already {run.state.name if run.state else 'without a state'}"
+        logger.info("marking flow run %s (%s) Crashed", journal.flow_run_name, run.state.name)
+        message = (f"stopped mid-deploy during {journal.stage} (its process died); "
+                   f"found and rolled back by run {found_by}")
+        client.set_flow_run_state(journal.flow_run_id, Crashed(message=message), force=True)
+        return f"{run.state.name} → Crashed"
+
+
+def workspace_prefix(flow_run_id: str) -> str:
+    """Build workspaces are named after their run, so a dead run's leftovers can be found."""
+    return f"architect-build-{flow_run_id}-"
+
+
+def remove_workspaces(flow_run_id: str) -> list[str]:
+    """Delete the build workspaces a dead run left in the temp directory."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(workspace_prefix(flow_run_id) + "*"):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
+def load_backup(database: PostgresDatabase, name: str | None) -> BackupResult | None:
+    """The backup a journal names, from the manifest stored beside its dump (None if it is gone)."""
+    if name is None:
+        return None
+    try:
+        return BackupResult.model_validate_json(database.backups().read_bytes(f"{name}.manifest.json"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def new_journal(environment: str, flow_run, version: str, previous: Revision | None, backup: str) -> DeployJournal:
+    """The journal of a run about to migrate: from here on it changes what the next run must undo."""
+    return DeployJournal(environment=environment, flow_run_id=str(flow_run.id), flow_run_name=flow_run.name,
+                         version=version, stage="migrate", previous=previous, backup=backup, started_at=utcnow())
+

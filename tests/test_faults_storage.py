@@ -1,0 +1,139 @@
+"""The fault matrix (issue 8), the backup: the database dies while pg_dump runs, and the disk
+fills up while the dump is written. Either way the run must end Failed at "backup" before
+anything is migrated or deployed, leave no partial dump in storage, and leave the database
+exactly as it was (every table's row count and checksum).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from prefect.filesystems import LocalFileSystem
+
+from sandbox import postgres
+from tasks.pg_manifest import table_checksums
+from tests._fault_helpers import (
+    Trigger,
+    assert_only_good_replicas,
+    assert_slack_told,
+    restored,
+    start_postgres,
+    task_started,
+)
+from tests.conftest import GOOD_WITH_MIGRATION, deploy
+from tests.test_staging_deploy import task_runs_of
+
+pytestmark = pytest.mark.sandbox
+
+
+def unsaved(block, **changes):
+    """A copy of a nested block with ``changes``, saved inline with its parent, not over the original."""
+    copy = block.model_copy(update=changes)
+    copy._block_document_id = None
+    copy._block_document_name = None
+    return copy
+
+
+def stored_files(database) -> set[str]:
+    return {f.name for f in database.backups().list()}
+
+
+def dump_waiting_on_a_lock(database) -> bool:
+    """pg_dump has started and waits for the table lock the test holds."""
+    with database.connect() as conn:
+        return conn.execute(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
+
+
+def assert_nothing_past_the_backup(state) -> None:
+    changed = [t.name for t in task_runs_of(state) if t.name.startswith(("run_migrations", "deploy_release"))]
+    assert not changed, f"the run went past the failed backup: {changed}"
+
+
+def test_the_database_dying_during_the_backup_fails_it_and_loses_nothing(
+    sandbox_env, deployed_good_release, environment_copy, slack_messages
+):
+    """pg_dump is made to wait on a table lock the test holds, then the primary stops under it.
+    The backup is retried once (the server may come back), then the run ends Failed with
+    "backup failed: ... unreachable while taking the backup (nothing was changed)"; no dump or
+    .partial is left in storage, and once the primary is back every table equals what it was."""
+    database = sandbox_env.database
+    # pg_dump gives up on a held lock after lock_timeout_ms; long enough here that the stop comes first.
+    name = environment_copy(database=unsaved(database, lock_timeout_ms=120_000))
+    files_before, checksums_before = stored_files(database), table_checksums(database)
+    started = datetime.now(timezone.utc)
+    backing_up = task_started("backup_database", started)
+    holder = database.connect(autocommit=False)
+    holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+    try:
+        with restored(start_postgres), Trigger(lambda: backing_up() and dump_waiting_on_a_lock(database),
+                                               lambda: postgres.stop(postgres.PRIMARY), poll_s=0.3) as fault:
+            state = deploy(*GOOD_WITH_MIGRATION, environment=name)
+    finally:
+        try:
+            holder.close()
+        except psycopg.Error:
+            pass  # the server closed it when it stopped
+    print(f"final state: {state.type.value}: {state.message}")
+    fault.assert_fired("pg_dump never waited on the lock, so the primary was not stopped under it")
+    assert state.is_failed()
+    assert state.message.startswith("backup failed:"), state.message
+    assert "unreachable while taking the backup" in state.message, state.message
+    assert state.message.endswith("(nothing was changed)"), state.message
+    backups = [t for t in task_runs_of(state) if t.name.startswith("backup_database")]
+    assert len(backups) == 1 and backups[0].run_count == 2, [(t.name, t.run_count) for t in backups]
+    assert_nothing_past_the_backup(state)
+    assert stored_files(database) == files_before, "a dump or a .partial was left in storage"
+    assert table_checksums(database) == checksums_before
+    assert_only_good_replicas(sandbox_env, deployed_good_release)
+    assert_slack_told(slack_messages(), state, "backup failed", "unreachable")
+
+
+def fill_up(directory: Path, leave_bytes: int) -> None:
+    """Take all but ``leave_bytes`` of the filesystem under ``directory`` (another process's data)."""
+    stat = os.statvfs(directory)
+    free = stat.f_bavail * stat.f_frsize
+    with open(directory / "someone-elses-file", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(free - leave_bytes, 0))
+
+
+def test_a_full_disk_while_writing_the_backup_fails_it_and_leaves_no_partial_dump(
+    sandbox_env, deployed_good_release, environment_copy, slack_messages, tmp_path
+):
+    """Backups go to a small filesystem of their own. It has room at preflight (the backup-space
+    check passes), then another process fills it during the build: pg_dump hits "No space left
+    on device", the run ends Failed at backup with that reason, and the storage holds only the
+    other process's file: the .partial dump was removed."""
+    database = sandbox_env.database
+    with database.connect() as conn:
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    mount = tmp_path / "backups"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={2 * size + (16 << 20)}", "tmpfs", str(mount)], check=True)
+    try:
+        name = environment_copy(database=unsaved(database, backup_storage=LocalFileSystem(basepath=str(mount))))
+        checksums_before = table_checksums(database)
+        started = datetime.now(timezone.utc)
+        with Trigger(task_started("run_go_tests", started), lambda: fill_up(mount, leave_bytes=32 << 10)) as fault:
+            state = deploy(*GOOD_WITH_MIGRATION, environment=name)
+        print(f"final state: {state.type.value}: {state.message}")
+        fault.assert_fired("the disk was never filled: the build stage was not seen")
+        assert state.is_failed()
+        assert state.message.startswith("backup failed: pg_dump exited 1"), state.message
+        assert "No space left on device" in state.message, state.message
+        assert state.message.endswith("(nothing was changed)"), state.message
+        preflight = [t for t in task_runs_of(state) if t.name.startswith("check_database")]
+        assert preflight and preflight[0].state.is_completed()
+        assert_nothing_past_the_backup(state)
+        assert sorted(p.name for p in mount.iterdir()) == ["someone-elses-file"]
+        assert table_checksums(database) == checksums_before
+        assert_only_good_replicas(sandbox_env, deployed_good_release)
+        assert_slack_told(slack_messages(), state, "backup failed", "No space left on device")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
