@@ -42,7 +42,7 @@ def ensure_locks(names: list[str]) -> None:
 
 
 @contextmanager
-def deploy_lock(environment: str, database: str, *, wait: bool, lease_s: float = 30) -> Iterator[float]:
+def deploy_lock(environment: str, database: str, *, wait: bool, lease_s: float = 60) -> Iterator[float]:
     """Hold the deploy locks of ``environment`` and of ``database`` (host:port/name); yields how
     long it took to get them. With ``wait=False`` a held lock raises DeployLocked at once."""
     names = lock_names(environment, database)

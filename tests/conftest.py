@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from sandbox import config
+from tests._argv_recorder import ArgvRecorder
 
 os.environ.setdefault("PREFECT_API_URL", config.PREFECT_API_URL)
 os.environ.setdefault("PREFECT_HOME", str(config.PREFECT_HOME))
@@ -31,6 +32,15 @@ def _no_flow_heartbeats() -> Iterator[None]:
     # Each synchronous flow run otherwise waits ~1 s on its heartbeat thread when it ends.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def process_arguments() -> Iterator[ArgvRecorder]:
+    """Every command line seen on the machine during the session, for the secret search."""
+    recorder = ArgvRecorder()
+    recorder.start()
+    yield recorder
+    recorder.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ or another program can read. Named to run last, when the suite's runs have left 
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -48,6 +50,24 @@ def test_no_secret_value_appears_in_logs_artifacts_slack_or_the_prefect_database
     haystacks = places()
     assert any(name.endswith("prefect.db") for name in haystacks) and len(haystacks) > 5
     assert find_leaks(haystacks, secrets) == []
+
+
+def test_no_secret_value_appears_on_any_command_line_seen_during_the_session(process_arguments):
+    """Every argument list sampled from /proc while the suite's deploys ran (git, go, docker,
+    pg_dump, the app's replicas, the worker's flow runs): no secret in any of them."""
+    seen = process_arguments.seen
+    assert any(b"architect-api" in argv for argv in seen), "no replica of the app was ever seen running"
+    assert any(b"prefect" in argv for argv in seen)
+    assert find_leaks({f"argv {argv[:200]!r}": argv for argv in seen}, secret_values()) == []
+
+
+def test_the_argv_search_catches_a_secret_on_a_command_line(process_arguments):
+    fake = {"planted": "not-a-real-secret-0f9e8d7c"}
+    before = process_arguments.samples
+    subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5)", fake["planted"]], check=True)
+    assert process_arguments.samples > before, "the recorder stopped sampling"
+    leaks = find_leaks({f"argv {argv[:200]!r}": argv for argv in process_arguments.seen}, fake)
+    assert len(leaks) == 1 and leaks[0].startswith("planted in argv"), leaks
 
 
 def test_the_search_finds_a_planted_secret_plain_and_base64(sandbox_up):
