@@ -35,6 +35,7 @@ from psycopg import sql
 from blocks.database import PostgresDatabase
 from sandbox import config
 from tasks import database as db
+from tasks import restore
 
 MIGRATIONS = config.REPO_ROOT / "sandbox" / "architect-api" / "migrations"
 
@@ -122,7 +123,7 @@ def main() -> None:
                 for label, step in steps if rep % 2 == 0 else steps[::-1]:
                     times[label].append(timed(step))
                     print(f"rep {rep + 1} {label}: {times[label][-1]:.1f}s", flush=True)
-                steps = [("pipeline restore", lambda: db.restore_database(database, backup)),
+                steps = [("pipeline restore", lambda: restore.restore_database(database, backup)),
                          ("bare pg_restore", lambda: bare_restore(database, bare_file)),
                          ("bare pg_restore mwm", lambda: bare_restore(database, bare_file, tuned=True))]
                 for label, step in steps if rep % 2 == 1 else steps[::-1]:

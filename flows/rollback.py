@@ -10,7 +10,8 @@ from pydantic import BaseModel
 
 from blocks.environment import StagingEnvironment
 from tasks.checks import check_health
-from tasks.database import BackupResult, RestorePolicy, RestoreResult, restore_database, should_restore
+from tasks.database import BackupResult
+from tasks.restore import RestorePolicy, RestoreResult, restore_database, should_restore
 from tasks.deploy import roll_back_release
 from tasks.models import Revision, Verdict
 

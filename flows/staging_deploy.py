@@ -20,14 +20,7 @@ from flows.rollback import rollback
 from tasks.approval import publish_signoff_document, sign_off_release, signoff_required
 from tasks.build import build_release
 from tasks.checks import check_health
-from tasks.database import (
-    MigrationResult,
-    RestorePolicy,
-    backup_database,
-    check_data_integrity,
-    check_database,
-    verify_schema,
-)
+from tasks.database import MigrationResult, backup_database, check_data_integrity, check_database, verify_schema
 from tasks.deploy import (
     deploy_release,
     list_pending_migrations,
@@ -44,6 +37,7 @@ from tasks.metrics import check_metrics
 from tasks.models import CheckResult, GateReport, Verdict
 from tasks.notify import RunNotifier, flow_run_url
 from tasks.preflight import run_preflight
+from tasks.restore import RestorePolicy
 from tasks.smoke import run_smoke_suite
 
 STAGES = ["preflight", "build", "backup", "migrate", "deploy", "health", "smoke", "load", "metrics", "sign-off"]
@@ -74,7 +68,10 @@ def require(*reports: Report) -> None:
     so a release that fails load and metrics says so both ways."""
     failed = [_named(r) for r in reports if r.verdict != Verdict.PASS]
     if failed:
-        raise GateFailed("; ".join(why for _, why in failed), stage=failed[0][0])
+        stage = failed[0][0]
+        # "<stage> failed: " starts the run's message already; later gates keep their names.
+        whys = [why.removeprefix(f"{stage}: ") if n == 0 else why for n, (_, why) in enumerate(failed)]
+        raise GateFailed("; ".join(whys), stage=stage)
 
 
 def load_environment(name: str) -> StagingEnvironment:

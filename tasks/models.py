@@ -57,8 +57,11 @@ class GateReport(BaseModel):
     def summary(self) -> str:
         if self.verdict == Verdict.PASS:
             return f"{self.stage}: {len(self.checks)}/{len(self.checks)} checks passed"
-        failed = "; ".join(f"{c.name}: {c.detail or c.verdict}" for c in self.failures)
-        return f"{self.stage}: {failed}"
+        # Checks that failed for one reason (Prometheus unreachable, say) share it: said once.
+        by_reason: dict[str, list[str]] = {}
+        for check in self.failures:
+            by_reason.setdefault(check.detail or str(check.verdict), []).append(check.name)
+        return f"{self.stage}: " + "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
 
 
 class BuildResult(BaseModel):

@@ -22,6 +22,8 @@ from blocks.database import PostgresDatabase
 from sandbox import config
 from tasks import backup_storage, pg_manifest, pg_tools
 from tasks import database as db
+from tasks import restore
+from tasks.errors import PermanentError
 from tasks.models import Verdict
 
 pytestmark = pytest.mark.sandbox
@@ -180,15 +182,15 @@ def test_backup_mutate_restore_is_exact_and_keeps_the_password_secret(database, 
 
     mutate(database)
     assert pg_manifest.table_checksums(database) != before
-    assert db.schema_changed_since(database, backup)
-    assert db.should_restore("if-schema-changed", database, backup).restore
-    assert not db.should_restore("never", database, backup)
+    assert restore.schema_changed_since(database, backup)
+    assert restore.should_restore("if-schema-changed", database, backup).restore
+    assert not restore.should_restore("never", database, backup)
 
-    restored, restore_run = in_flow(lambda: db.restore_database(database, backup))
+    restored, restore_run = in_flow(lambda: restore.restore_database(database, backup))
     assert restored.verified and restored.mismatches == []
     assert restored.schema_version_before == 3 and restored.schema_version_after == 2
     assert pg_manifest.table_checksums(database) == before
-    assert not db.schema_changed_since(database, backup)
+    assert not restore.schema_changed_since(database, backup)
     with database.connect() as conn:
         assert conn.execute("SELECT to_regclass('audit'), to_regclass('events_severity_check')").fetchone() == (None, None)
         columns = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'events'::regclass")}
@@ -231,7 +233,7 @@ def test_restore_of_a_two_table_backup_is_exact(database):
         conn.execute("CREATE TABLE c (id int PRIMARY KEY, b_id bigint REFERENCES b(id))")
         conn.execute("INSERT INTO c VALUES (1, 1)")
     assert pg_manifest.table_checksums(database)["public.a"] != before["public.a"]
-    restored, _ = in_flow(lambda: db.restore_database(database, backup))
+    restored, _ = in_flow(lambda: restore.restore_database(database, backup))
     assert restored.verified and pg_manifest.table_checksums(database) == before
 
 
@@ -242,8 +244,8 @@ def test_a_restore_that_fails_changes_nothing(database):
     mutate(database)
     changed = pg_manifest.table_checksums(database)
     Path(database.backup_storage.basepath, backup.dump_file).write_bytes(b"PGDMP not really a dump")
-    with pytest.raises(db.PermanentError):
-        in_flow(lambda: db.restore_database(database, backup))
+    with pytest.raises(PermanentError):
+        in_flow(lambda: restore.restore_database(database, backup))
     assert pg_manifest.table_checksums(database) == changed
 
 
@@ -333,7 +335,7 @@ def test_remote_storage_streams_through_fsspec(scratch_db, password, watched):
     report, _ = in_flow(lambda: db.check_data_integrity(database, backup, expected_version=2))
     assert report.verdict == Verdict.PASS, report.summary()
     mutate(database)
-    restored, _ = in_flow(lambda: db.restore_database(database, backup))
+    restored, _ = in_flow(lambda: restore.restore_database(database, backup))
     assert restored.verified and pg_manifest.table_checksums(database) == before
     # pg_dump wrote to its stdout (streamed to fsspec), pg_restore read its stdin
     dumps = [argv for argv, _ in watched[1] if Path(argv[0]).name in ("pg_dump", "pg_restore")]
@@ -348,5 +350,5 @@ def test_counts_only_backup_restores_and_verifies_counts(database):
     assert {m.checksum for m in backup.tables.values()} == {"count:0"}
     assert {t: m.rows for t, m in backup.tables.items()} == {t: int(v.split(":")[0]) for t, v in before.items()}
     mutate(database)
-    restored, _ = in_flow(lambda: db.restore_database(database, backup))
+    restored, _ = in_flow(lambda: restore.restore_database(database, backup))
     assert restored.verified and pg_manifest.table_checksums(database) == before

@@ -10,11 +10,14 @@ so the tests after it see the sandbox as they expect.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 import time
 from datetime import datetime, timezone
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from sandbox import daemons, postgres
 from tests._fault_helpers import (
@@ -26,7 +29,7 @@ from tests._fault_helpers import (
     task_runs_named,
     task_started,
 )
-from tests.conftest import GOOD, GOOD_WITH_MIGRATION, deploy
+from tests.conftest import GOOD, GOOD_WITH_MIGRATION, deploy, schema_version
 from tests.test_staging_deploy import slack_thread_of, task_runs_of
 
 pytestmark = pytest.mark.sandbox
@@ -118,3 +121,23 @@ def test_a_nightly_run_colliding_with_a_manual_one_is_cancelled(sandbox_env, dep
     assert_only_good_replicas(sandbox_env, GOOD[1])
     posts, updates, _ = slack_thread_of(slack_messages(), nightly)
     assert len(posts) == 1 and "another deploy" in (updates or posts)[-1]["text"], posts + updates
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[nightly.state_details.flow_run_id])))
+    assert logs and not [log.message for log in logs if log.level >= logging.ERROR], "an expected skip logged an ERROR"
+
+
+def test_a_release_nobody_signs_off_is_rolled_back_when_the_sign_off_times_out(
+    sandbox_env, database_at_schema_2, deployed_good_release, slack_messages
+):
+    """The whole flow, v3.2.0 (migration 003) up to the leads' pause, and nobody signs within the
+    timeout (10 s here): the run ends Failed at sign-off saying it timed out, never left Paused;
+    the good release is back and the database is restored to the pre-deployment backup."""
+    state = deploy(*GOOD_WITH_MIGRATION, skip_signoff=False, signoff_timeout_h=10 / 3600)
+    print(f"final state: {state.type.value}: {state.message}")
+    assert state.is_failed()
+    assert state.message.startswith("sign-off failed: not signed off: timed out after 10 s"), state.message
+    assert "rolled back to revision" in state.message and "database restored from" in state.message, state.message
+    assert schema_version(sandbox_env.database) == 2
+    assert_only_good_replicas(sandbox_env, deployed_good_release)
+    assert_slack_told(slack_messages(), state, "sign-off failed", "rolled back to revision")

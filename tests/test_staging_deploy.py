@@ -139,8 +139,10 @@ def test_failing_go_test_never_touches_the_target(sandbox_env, deployed_good_rel
     assert serving_versions(sandbox_env) == {deployed_good_release}
 
 
-def test_a_dead_slack_does_not_change_the_outcome(sandbox_env, deployed_good_release):
-    httpx.post(f"{config.SLACK_CONTROL_URL}/mode", json={"mode": "hang"}, timeout=5).raise_for_status()
+@pytest.mark.parametrize("mode", ["hang", "error"])
+def test_a_dead_slack_does_not_change_the_outcome(sandbox_env, deployed_good_release, mode):
+    """Slack hangs (every call times out) or answers errors for the whole run: the deploy completes."""
+    httpx.post(f"{config.SLACK_CONTROL_URL}/mode", json={"mode": mode}, timeout=5).raise_for_status()
     try:
         state = deploy(*GOOD)
     finally:
@@ -194,7 +196,7 @@ def test_good_release_passes_every_gate_with_its_reports(sandbox_env, deployed_g
         # ... and an erroring one both in the load test's error rate and in Prometheus' 5xx ratio.
         ("v3.2.1-erroring", "3.2.1-erroring", "load", ["metrics: 5xx error rate"]),
         # A broken logout fails exactly its own smoke check and nothing else.
-        ("v3.2.1-brokensmoke", "3.2.1-brokensmoke", "smoke", ["smoke: auth: logout clears the session"]),
+        ("v3.2.1-brokensmoke", "3.2.1-brokensmoke", "smoke", ["smoke failed: auth: logout clears the session"]),
     ],
 )
 def test_a_release_that_fails_a_gate_is_rolled_back(sandbox_env, deployed_good_release, git_ref, version, failing_stage, expected):
