@@ -1,8 +1,10 @@
 """The deploy journal: what a run has changed and not yet finished, kept where the next run finds it.
 
-A run writes its journal (a Prefect Variable per environment) once it has taken the
-pre-deployment backup, names the stage it is in as it changes the database and the app, and
-deletes the journal when the release is live or rolled back. A journal that is still there
+A run writes its journal (a Prefect artifact keyed per environment, so every entry stays in
+the artifact's history) once it has taken the pre-deployment backup, names the stage it is in
+as it changes the database and the app, and closes the journal when the release is live or
+rolled back. Only new versions are ever written: the server's SQLite answers updates and
+deletes under write load with 503s that cost seconds of client back-off; inserts just wait. A journal still open
 when the next run holds the environment's lock therefore belongs to a run that died mid-deploy
 (its worker killed, its machine gone): the lock is a lease that only a dead holder loses. The
 next run closes that run as Crashed and rolls its changes back before it changes anything itself.
@@ -16,12 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.states import Crashed
-from prefect.variables import Variable
 from pydantic import BaseModel
 
 from blocks.database import PostgresDatabase
@@ -48,27 +51,40 @@ class DeployJournal(BaseModel):
         return f"run {self.flow_run_name} ({self.flow_run_id}) of {self.version}, stopped during {self.stage}"
 
 
-def variable_name(environment: str) -> str:
-    # Variable names allow lower-case letters, digits, '-' and '_' only.
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in environment.lower())
-    return f"architect-deploy-journal-{safe}"
+def artifact_key(environment: str) -> str:
+    # Artifact keys allow lower-case letters, digits and '-' only.
+    safe = "".join(c if c.isalnum() else "-" for c in environment.lower())
+    return f"deploy-journal-{safe}"
+
+
+def _record(environment: str, journal: DeployJournal | None) -> None:
+    state = "none open" if journal is None else f"OPEN: {journal.describe()}"
+    body = "null" if journal is None else journal.model_dump_json(indent=1)
+    create_markdown_artifact(key=artifact_key(environment), description=f"Deploy journal of {environment}: {state}",
+                             markdown=f"## Deploy journal of `{environment}`: {state}\n\n```json\n{body}\n```\n")
 
 
 def write_journal(journal: DeployJournal) -> DeployJournal:
-    """Record (or update) what this run is changing; returns the journal for chaining."""
+    """Record what this run is changing (a new entry each time); returns the journal for chaining."""
     get_run_logger().info("deploy journal: %s at %s", journal.version, journal.stage)
-    Variable.set(variable_name(journal.environment), journal.model_dump(mode="json"), overwrite=True)
+    _record(journal.environment, journal)
     return journal
 
 
 def read_journal(environment: str) -> DeployJournal | None:
-    value = Variable.get(variable_name(environment))
-    return DeployJournal.model_validate(value) if value else None
+    """The environment's open journal, if its latest entry is one."""
+    with get_client(sync_client=True) as client:
+        latest = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=[artifact_key(environment)])), limit=1)
+    if not latest:
+        return None
+    body = str(latest[0].data).split("```json\n", 1)[-1].rsplit("\n```", 1)[0]
+    return None if body.strip() == "null" else DeployJournal.model_validate_json(body)
 
 
 def clear_journal(environment: str) -> None:
-    get_run_logger().info("deploy journal of %s cleared", environment)
-    Variable.unset(variable_name(environment))
+    get_run_logger().info("deploy journal of %s closed", environment)
+    _record(environment, None)
 
 
 @task(cache_policy=NO_CACHE)
