@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from pydantic import AnyHttpUrl, Field, PrivateAttr, SecretStr, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from blocks.kubernetes_api import call
 from blocks.kubernetes_manifests import JOB_TEMPLATE, KINDS, job_manifest, load_manifests, secret_manifest
@@ -30,7 +30,7 @@ from blocks.kubernetes_rollout import (
     revision_number, rollout_verdict, secret_plan, spec_observed, undo_patch, undo_target,
 )
 from blocks.target import DeployTarget
-from blocks.validation import check_name, check_plain_url, check_relative_path, check_text
+from blocks.validation import check_name, check_relative_path, check_text, check_url_text
 from tasks.errors import PermanentError
 from tasks.models import DeployPlan, ObjectPlan, OneOffResult, Revision, RolloutResult
 
@@ -88,19 +88,9 @@ class KubernetesTarget(DeployTarget):
     @field_validator("reachable_replica_urls")
     @classmethod
     def _replica_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            check_plain_url(TypeAdapter(AnyHttpUrl).validate_python(url))
-        return value
+        return [check_url_text(url) for url in value]
 
-    @field_validator("host")
-    @classmethod
-    def _host_url(cls, value: str | None) -> str | None:
-        if value:
-            try:
-                check_plain_url(TypeAdapter(AnyHttpUrl).validate_python(value))
-            except ValidationError as exc:
-                raise ValueError(f"{value!r} is not an http(s) URL: {exc.errors()[0]['msg']}") from None
-        return value
+    _validate_host = field_validator("host")(check_url_text)
 
     @field_validator("verify_tls")
     @classmethod

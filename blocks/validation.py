@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
+
 MAX_INPUT_LENGTH = 200
 
 # Semantic Versioning 2.0.0, the grammar from semver.org (no leading "v").
@@ -83,6 +85,16 @@ def check_plain_url(url):
     if len(str(url)) > MAX_URL_LENGTH:
         raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
     return url
+
+
+def check_url_text(value: str | None) -> str | None:
+    """A URL kept as text: http(s), a well-formed host, no credentials in it."""
+    if value:
+        try:
+            check_plain_url(TypeAdapter(AnyHttpUrl).validate_python(value))
+        except ValidationError as exc:
+            raise ValueError(f"{value!r} is not an http(s) URL: {exc.errors()[0]['msg']}") from None
+    return value
 
 
 def check_relative_path(value: str) -> str:
