@@ -95,12 +95,15 @@ def test_the_database_dying_during_the_backup_fails_it_and_loses_nothing(
     assert_slack_told(slack_messages(), state, "backup failed", "unreachable")
 
 
-def fill_up(directory: Path, leave_bytes: int) -> None:
-    """Take all but ``leave_bytes`` of the filesystem under ``directory`` (another process's data)."""
+def free_bytes(directory: Path) -> int:
     stat = os.statvfs(directory)
-    free = stat.f_bavail * stat.f_frsize
+    return stat.f_bavail * stat.f_frsize
+
+
+def fill_up(directory: Path) -> None:
+    """Take every free byte of the filesystem under ``directory`` (another process's data)."""
     with open(directory / "someone-elses-file", "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, max(free - leave_bytes, 0))
+        os.posix_fallocate(f.fileno(), 0, free_bytes(directory))
 
 
 def test_a_full_disk_while_writing_the_backup_fails_it_and_leaves_no_partial_dump(
@@ -120,10 +123,11 @@ def test_a_full_disk_while_writing_the_backup_fails_it_and_leaves_no_partial_dum
         name = environment_copy(database=unsaved(database, backup_storage=LocalFileSystem(basepath=str(mount))))
         checksums_before = table_checksums(database)
         started = datetime.now(timezone.utc)
-        with Trigger(task_started("run_go_tests", started), lambda: fill_up(mount, leave_bytes=32 << 10)) as fault:
+        with Trigger(task_started("run_go_tests", started), lambda: fill_up(mount)) as fault:
             state = deploy(*GOOD_WITH_MIGRATION, environment=name)
         print(f"final state: {state.type.value}: {state.message}")
         fault.assert_fired("the disk was never filled: the build stage was not seen")
+        assert free_bytes(mount) == 0, "the backup filesystem was not full"
         assert state.is_failed()
         assert state.message.startswith("backup failed: pg_dump exited 1"), state.message
         assert "No space left on device" in state.message, state.message
