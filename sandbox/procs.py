@@ -246,3 +246,24 @@ def run(argv: Sequence[str], *, check: bool = True, env: dict[str, str] | None =
         raise SandboxError(f"{' '.join(argv)} failed ({result.returncode}):\n"
                            f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return result
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """Mount points at or below ``directory`` (from /proc/self/mountinfo; field 5 is the mount point)."""
+    root = Path(directory).resolve()
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = Path(line.split()[4].replace("\\040", " "))
+        if point == root or root in point.parents:
+            points.append(point)
+    return points
+
+
+def unmount(directory: Path) -> bool:
+    """Unmount every layer mounted at ``directory`` (ours: bind mounts our dockerd made, one per
+    restart with live-restore). True if there was any."""
+    layers = 0
+    while Path(directory).resolve() in mounts_under(directory) and layers < 20:
+        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=30)
+        layers += 1
+    return layers > 0

@@ -213,6 +213,9 @@ def down(purge: bool = False) -> None:
                     log(f"removed {removed} container(s) labelled {CONTAINER_LABEL}")
             if daemon.stop():
                 log(f"stopped {daemon.name}")
+            if daemon is daemons.DOCKER and procs.unmount(config.DOCKER_DATA):
+                # With --live-restore dockerd leaves its data root bind-mounted on itself.
+                log(f"unmounted {config.DOCKER_DATA}")
         for inst in (postgres.REPLICA, postgres.PRIMARY):
             if inst.data.exists() and postgres.stop(inst):
                 log(f"stopped {inst.name}")

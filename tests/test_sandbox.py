@@ -17,7 +17,7 @@ import httpx
 import psycopg
 import pytest
 
-from sandbox import config, services
+from sandbox import config, procs, services
 from sandbox.daemons import redis_command
 
 pytestmark = pytest.mark.sandbox
@@ -254,6 +254,7 @@ def test_restart_cycle_down_then_up_is_healthy():
     assert down.returncode == 0, down.stdout + down.stderr
     still = [p for p in OUR_PORTS if _listening(p)]
     assert still == [], f"still listening after down: {still}"
+    assert procs.mounts_under(config.STATE_DIR) == [], "a mount under the sandbox's state is left after down"
 
     up = _sandbox("up", timeout=600)
     # 2 = every service healthy but a hook owned by another module failed.
