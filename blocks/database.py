@@ -14,9 +14,9 @@ from urllib.parse import quote
 import psycopg
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from blocks.validation import check_hostname, check_text
+from blocks.validation import check_hostname, check_text, reject_unknown_fields
 
 
 class PostgresDatabase(Block):
@@ -60,6 +60,7 @@ class PostgresDatabase(Block):
 
     _validate_hosts = field_validator("host", "replica_host")(check_hostname)
     _validate_text = field_validator("user", "pg_bin_dir")(check_text)
+    _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
     @field_validator("dbname")
     @classmethod

@@ -17,7 +17,9 @@ from blocks.docker_target import DockerTarget
 from blocks.kubernetes_target import KubernetesTarget
 from blocks.registry import ImageRegistry
 from blocks.slack import SlackChannel
-from blocks.validation import CONTROL_CHARACTERS, check_docker_host, check_env_names, check_plain_url, check_text
+from blocks.validation import (
+    CONTROL_CHARACTERS, check_docker_host, check_env_names, check_plain_url, check_text, reject_unknown_fields,
+)
 
 
 class Role(StrEnum):
@@ -33,7 +35,7 @@ class PerformanceTargets(BaseModel):
     """The guide's performance targets; the load and metrics gates judge against these."""
 
     # An infinite target would make its gate pass whatever was measured.
-    model_config = ConfigDict(allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
 
     p50_ms: float = Field(100, gt=0, description="P50 latency must stay below this")
     p95_ms: float = Field(500, gt=0, description="P95 latency must stay below this")
@@ -110,6 +112,7 @@ class StagingEnvironment(Block):
     _validate_text = field_validator("app_repo", "ca_bundle", "smoke_user")(check_text)
     _validate_docker_host = field_validator("builder_docker_host")(check_docker_host)
     _validate_env_names = field_validator("app_settings")(check_env_names)
+    _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
     @field_validator("allowed_origin")
     @classmethod

@@ -6,7 +6,7 @@ import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 from prefect.blocks.core import Block
 
-from blocks.validation import check_host_port, check_name, check_text
+from blocks.validation import check_host_port, check_name, check_text, reject_unknown_fields
 
 
 class ImageRegistry(Block):
@@ -25,6 +25,7 @@ class ImageRegistry(Block):
     _validate_address = field_validator("address")(check_host_port)
     _validate_repository = field_validator("repository")(check_name)
     _validate_username = field_validator("username")(check_text)
+    _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
     @model_validator(mode="after")
     def _tls_off_loopback(self) -> "ImageRegistry":

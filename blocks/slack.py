@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from prefect.blocks.core import Block
 from slack_sdk import WebClient
 
-from blocks.validation import check_plain_url
+from blocks.validation import check_plain_url, reject_unknown_fields
 
 
 class SlackChannel(Block):
@@ -28,6 +28,7 @@ class SlackChannel(Block):
     )
 
     _validate_api_url = field_validator("api_url")(check_plain_url)
+    _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
     @field_validator("channel")
     @classmethod

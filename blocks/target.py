@@ -12,7 +12,9 @@ import abc
 from collections.abc import Mapping, Sequence
 
 from prefect.blocks.core import Block
+from pydantic import model_validator
 
+from blocks.validation import reject_unknown_fields
 from tasks.models import DeployPlan, OneOffResult, Revision, RolloutResult
 
 
@@ -20,6 +22,7 @@ class DeployTarget(Block, abc.ABC):
     """Abstract base of the deploy targets; not registered itself."""
 
     _block_schema_capabilities = ["deploy-target"]
+    _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
     def with_checkout(self, repo_dir: str) -> "DeployTarget":
         """This target reading what it needs (manifests, templates) from an app checkout."""

@@ -123,3 +123,17 @@ def check_host_port(value: str) -> str:
     if not HOST_PORT.fullmatch(value) or not 0 < int(value.rsplit(":", 1)[1]) < 65536:
         raise ValueError(f"{value!r} is not host:port")
     return value
+
+
+def reject_unknown_fields(cls, values):
+    """A block's settings name only its own fields: a misspelt one (``replicass``) would otherwise
+    be kept as an extra and silently ignored (Prefect's blocks allow extras)."""
+    if isinstance(values, dict):
+        known = {"block_type_slug"}  # Prefect's marker of which block a nested dict is
+        for name, field in cls.model_fields.items():
+            known |= {name, field.alias} - {None}
+        unknown = sorted(str(key) for key in values if key not in known)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                             f"its fields are {', '.join(cls.model_fields)}")
+    return values

@@ -151,7 +151,7 @@ def staging_deploy(
         previous = record_current_revision(target)
         with notifier.running(stage := "backup"):
             backup = backup_database(env.database, run_label=f"{build.version} {build.commit[:12]}")
-        journal = write_journal(new_journal(environment, run, build.version, previous, backup.name))
+        journal = write_journal(new_journal(environment, run, build.version, previous, backup.name, notifier.message))
         with notifier.running(stage := "migrate"):
             run_migrations(target, build.digest, env.app_environment())
             require(verify_schema(env.database, build.schema_version))
@@ -172,6 +172,7 @@ def staging_deploy(
             require(load, metrics := check_metrics(env, since=deployed_at), integrity)
         stage = "sign-off"
         if needs_signoff:  # the sign-off keeps the run's Slack line itself, so no notifier.running here
+            write_journal(journal.at(stage))  # the longest wait of a run: a death here is likeliest
             record = sign_off_release(env, build, [health, smoke, metrics], load, signoff_timeout_h * 3600, notifier)
         else:
             notifier.stage("sign-off", "skipped", "sandbox run without sign-off")
@@ -202,6 +203,9 @@ def _recover(notifier, env, environment: str, abandoned: DeployJournal, restore_
                       load_backup(env.database, abandoned.backup), restore_policy, undo_app=True)
     clear_journal(environment)
     notifier.reply(f"↩️ recovered from the half-finished deploy ({closed}): {report.summary()}")
+    if abandoned.slack_message:  # its run can no longer say how it ended
+        notifier.overwrite(abandoned.slack_message, f"💀 {abandoned.describe()}: its process died. "
+                                                    f"Rolled back by run {this_run}: {report.summary()}")
     if not report.healthy:
         raise GateFailed(f"the half-finished deploy of {abandoned.version} was rolled back, but {report.summary()}",
                          stage="preflight")

@@ -259,11 +259,22 @@ def mounts_under(directory: Path) -> list[Path]:
     return points
 
 
-def unmount(directory: Path) -> bool:
+def unmount(directory: Path, busy_wait: float = 10.0) -> bool:
     """Unmount every layer mounted at ``directory`` (ours: bind mounts our dockerd made, one per
-    restart with live-restore). True if there was any."""
+    restart with live-restore). True if there was any.
+
+    Right after dockerd stops the mount is now and then busy for a moment (something it started
+    is still exiting; CI met this once in a full run): wait for that, then detach lazily. Lazy is
+    safe for these mounts: each binds the directory onto itself, so nothing below it changes."""
     layers = 0
+    deadline = time.monotonic() + busy_wait
     while Path(directory).resolve() in mounts_under(directory) and layers < 20:
-        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=30)
-        layers += 1
+        lazy = ["--lazy"] if time.monotonic() > deadline else []
+        result = subprocess.run(["umount", *lazy, str(directory)], capture_output=True, text=True, timeout=30)
+        if result.returncode == 0:
+            layers += 1
+        elif lazy:
+            raise SandboxError(f"umount --lazy {directory} failed: {result.stderr.strip()}")
+        else:
+            time.sleep(0.25)
     return layers > 0

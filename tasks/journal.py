@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from blocks.database import PostgresDatabase
 from tasks.database import BackupResult
 from tasks.models import Revision, utcnow
+from tasks.notify import SlackMessage
 
 
 class DeployJournal(BaseModel):
@@ -43,6 +44,7 @@ class DeployJournal(BaseModel):
     previous: Revision | None
     backup: str | None = None
     started_at: datetime
+    slack_message: SlackMessage | None = None
 
     def at(self, stage: str) -> "DeployJournal":
         return self.model_copy(update={"stage": stage})
@@ -132,8 +134,10 @@ def load_backup(database: PostgresDatabase, name: str | None) -> BackupResult | 
         return None
 
 
-def new_journal(environment: str, flow_run, version: str, previous: Revision | None, backup: str) -> DeployJournal:
+def new_journal(environment: str, flow_run, version: str, previous: Revision | None, backup: str,
+                slack_message: SlackMessage | None) -> DeployJournal:
     """The journal of a run about to migrate: from here on it changes what the next run must undo."""
     return DeployJournal(environment=environment, flow_run_id=str(flow_run.id), flow_run_name=flow_run.name,
-                         version=version, stage="migrate", previous=previous, backup=backup, started_at=utcnow())
+                         version=version, stage="migrate", previous=previous, backup=backup, started_at=utcnow(),
+                         slack_message=slack_message)
 

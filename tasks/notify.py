@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prefect.settings import PREFECT_UI_URL
+from pydantic import BaseModel
 
 from blocks.slack import SlackChannel
 
@@ -27,6 +28,13 @@ def flow_run_url(flow_run_id: str | None) -> str | None:
     if not base or not flow_run_id:
         return None
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+class SlackMessage(BaseModel):
+    """A posted message, by its channel ID and timestamp (how chat.update finds it)."""
+
+    channel: str
+    ts: str
 
 
 @dataclass
@@ -48,7 +56,7 @@ class RunNotifier:
     stage_names: list[str]
     outcome: str = "running"
     _stages: dict[str, _Stage] = field(default_factory=dict)
-    _queue: "queue.Queue[tuple[str, str] | None]" = field(default_factory=queue.Queue)
+    _queue: "queue.Queue[tuple[str, str, SlackMessage | None] | None]" = field(default_factory=queue.Queue)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _channel: str | None = None
     _ts: str | None = None
@@ -96,6 +104,16 @@ class RunNotifier:
     def reply(self, text: str) -> None:
         self._enqueue("reply", text)
 
+    @property
+    def message(self) -> SlackMessage | None:
+        """Where the run's message is, once Slack has taken it (a later run may need to close it)."""
+        ts = self._ts  # set once, by the sender thread
+        return SlackMessage(channel=self._channel, ts=ts) if ts and self._channel else None
+
+    def overwrite(self, message: SlackMessage, text: str) -> None:
+        """Replace another run's message (one whose run died and can no longer say how it ended)."""
+        self._enqueue("overwrite", text, message)
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Let queued messages go out, waiting at most ``timeout_s``."""
         if self.slack is None:
@@ -119,27 +137,32 @@ class RunNotifier:
 
     # -- the background sender -----------------------------------------------------------
 
-    def _enqueue(self, kind: str, text: str) -> None:
+    def _enqueue(self, kind: str, text: str, message: SlackMessage | None = None) -> None:
         if self.slack is not None:
-            self._queue.put((kind, text))
+            self._queue.put((kind, text, message))
 
     def _drain(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            kind, text = item
+            kind, text, message = item
             # Updates render the latest state, so a backlog of them collapses into one.
             if kind == "update" and self._next_is_update():
                 continue
-            self._send(kind, text)
+            self._send(kind, text, message)
 
     def _next_is_update(self) -> bool:
         with self._queue.mutex:
             return bool(self._queue.queue) and self._queue.queue[0] is not None and self._queue.queue[0][0] == "update"
 
-    def _send(self, kind: str, text: str) -> None:
+    def _send(self, kind: str, text: str, message: SlackMessage | None) -> None:
         try:
+            if kind == "overwrite":
+                self._client.chat_update(channel=message.channel, ts=message.ts, text=text)
+                self.logger.info("Slack: updated an earlier run's message")
+                self.sent += 1
+                return
             if self._ts is None:
                 response = self._client.chat_postMessage(channel=self.slack.channel, text=self.render())
                 self._channel, self._ts = response["channel"], response["ts"]

@@ -103,7 +103,8 @@ def _spliced(text: str, part: str) -> str:
     return text[: len(text) // 2] + part + text[len(text) // 2 :]
 
 
-with_metacharacter = st.builds(_spliced, st.text(SAFE, max_size=20), st.sampled_from(SHELL_METACHARACTERS))
+# At least 2 characters around it: a leading '#' would make a valid Slack channel name ("#0").
+with_metacharacter = st.builds(_spliced, st.text(SAFE, min_size=2, max_size=20), st.sampled_from(SHELL_METACHARACTERS))
 traversal = st.builds(lambda depth, rest: "../" * depth + rest, st.integers(1, 8), st.text(SAFE + "/", max_size=20))
 # A Kubernetes/Docker name: lowercase DNS label, at most 63 characters.
 bad_names = st.one_of(
@@ -528,3 +529,29 @@ def test_docker_label_keys(key):
 
 def test_plain_http_registry_only_on_loopback():
     refused(ImageRegistry, "use_tls", False, address="registry.example:5000")
+
+
+# -- unknown fields: a misspelt setting is an error, never silently ignored -------------------
+
+@pytest.mark.parametrize("cls", list(BASELINES), ids=lambda c: c.__name__)
+@settings(max_examples=30)
+@given(name=st.from_regex(r"[a-z_][a-z0-9_]{0,30}", fullmatch=True))
+def test_an_unknown_field_is_refused_naming_it(cls, name):
+    if name in cls.model_fields or name == "block_type_slug":
+        return
+    refused(cls, name, 3)
+
+
+def test_a_misspelt_field_is_refused_not_ignored():
+    errors = refused(DockerTarget, "replicass", 5)
+    assert "replicas" in errors[0]["msg"], "the message lists the fields the block does have"
+
+
+def test_a_docker_target_without_its_slug_is_not_read_as_kubernetes():
+    # A target dict with no block_type_slug is tried as each kind: a bad Docker value must not make
+    # it pass as a Kubernetes target with every Docker setting dropped.
+    target = {**fields_of(ENV.target), "replicas": 0}
+    with pytest.raises(ValidationError) as caught:
+        StagingEnvironment.model_validate({**fields_of(ENV), "target": target})
+    messages = " ".join(str(e["loc"]) + e["msg"] for e in caught.value.errors())
+    assert "replicas" in messages and "unknown field(s)" in messages, messages

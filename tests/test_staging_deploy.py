@@ -80,7 +80,8 @@ def test_invalid_parameters_are_rejected_before_any_stage(sandbox_env, parameter
     assert sandbox_env.target.history() == revisions_before
 
 
-def test_good_release_deploys_without_a_failed_request(sandbox_env, slack_messages):
+def test_good_release_deploys_without_a_failed_request(sandbox_env, deployed_good_release, slack_messages):
+    # From a release already serving: with nothing behind nginx every request would fail.
     git_ref, version = GOOD
     with BackgroundLoad(rate=50) as load:
         state = deploy(git_ref, version)

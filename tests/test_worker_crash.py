@@ -75,6 +75,7 @@ def test_a_deploy_whose_worker_died_is_rolled_back_by_the_next_run(
         assert client.read_flow_run(dead_id).state.is_running(), "the server should still think it runs"
     half_done = read_journal("sandbox")
     assert half_done is not None and half_done.flow_run_id == dead_id and half_done.stage == "deploy", half_done
+    assert half_done.slack_message is not None, "the journal does not say where the dead run's Slack message is"
     assert schema_version(database) == 3, "the dead run had migrated"
 
     state = deploy(*GOOD)
@@ -91,3 +92,8 @@ def test_a_deploy_whose_worker_died_is_rolled_back_by_the_next_run(
     assert not list(Path(tempfile.gettempdir()).glob(workspace_prefix(dead_id) + "*")), "the dead run's workspace is left"
     _, _, replies = slack_thread_of(slack_messages(), state)
     assert any("found a half-finished deploy" in m["text"] and dead_id in m["text"] for m in replies), replies
+    # The dead run's own message no longer says it is running: the recovering run closed it.
+    dead_message = [m for m in slack_messages() if m["ts"] == half_done.slack_message.ts and not m.get("thread_ts")]
+    with get_client(sync_client=True) as client:
+        recovering_run = client.read_flow_run(state.state_details.flow_run_id).name
+    assert dead_message and "💀" in dead_message[-1]["text"] and recovering_run in dead_message[-1]["text"], dead_message
