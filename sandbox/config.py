@@ -32,6 +32,7 @@ PG_DIR = STATE_DIR / "pg"              # owned by the postgres OS user
 PG_SOCKET_DIR = PG_DIR / "run"
 PG_PRIMARY_DATA = PG_DIR / "primary"
 PG_REPLICA_DATA = PG_DIR / "replica"
+PG_PREFECT_DATA = PG_DIR / "prefect"     # the Prefect server's own database
 REDIS_DIR = STATE_DIR / "redis"
 DOCKER_DATA = STATE_DIR / "docker"
 REGISTRY_DIR = STATE_DIR / "registry"
@@ -52,6 +53,8 @@ PG_REPLICA_PORT = 55433
 PG_DATABASE = "architect_staging"
 PG_USER = "architect"
 PG_REPLICATION_SLOT = "sandbox_replica"
+PG_PREFECT_PORT = 55434
+PREFECT_DATABASE = "prefect"                  # database and role
 REDIS_PORT = 56379
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 DOCKER_HOST = f"unix://{DOCKER_SOCKET}"
@@ -137,6 +140,13 @@ def pg_conninfo(port: int = PG_PRIMARY_PORT, password: str | None = None) -> str
     """libpq key/value conninfo for psycopg.connect() as architect."""
     pw = password if password is not None else load_secrets()["architect_db_password"]
     return f"host={HOST} port={port} dbname={PG_DATABASE} user={PG_USER} password={pw} sslmode=disable"
+
+
+def prefect_database_url() -> str:
+    """The Prefect server's database: role prefect through the unix socket (peer auth, no password)."""
+    # host and port as query parameters: the form both SQLAlchemy and Prefect's own LISTEN/NOTIFY
+    # connection (a raw asyncpg DSN) read as a socket directory and port.
+    return f"postgresql+asyncpg://{PREFECT_DATABASE}@/{PREFECT_DATABASE}?host={PG_SOCKET_DIR}&port={PG_PREFECT_PORT}"
 
 
 def pg_superuser_conninfo(port: int = PG_PRIMARY_PORT, dbname: str = "postgres") -> str:

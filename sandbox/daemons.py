@@ -356,7 +356,8 @@ PREFECT_SERVER = Daemon(
     lambda: [sys.executable, "-m", "prefect", "server", "start", "--host", H,
              "--port", str(config.PREFECT_PORT)],
     lambda: http_check(f"{config.PREFECT_API_URL}/health", contains="true"),
-    env=lambda: dict(config.PREFECT_ENV), cwd=config.REPO_ROOT, start_timeout=120)
+    env=lambda: {**config.PREFECT_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": config.prefect_database_url()},
+    cwd=config.REPO_ROOT, start_timeout=120)
 WORKER = Daemon(
     "prefect-worker", config.PREFECT_WORK_POOL, "prefect worker start", (),
     lambda: [sys.executable, "-m", "prefect", "worker", "start", "--pool",

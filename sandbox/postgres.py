@@ -1,4 +1,6 @@
-"""PostgreSQL 15: a primary on :55432 and a streaming hot-standby replica on :55433.
+"""PostgreSQL 15: a primary on :55432 and a streaming hot-standby replica on :55433 for the
+app, and on :55434 the Prefect server's own database (a separate server, as in a real staging
+setup: the fault tests stop the app's primary, which must not take the orchestrator down).
 
 PostgreSQL refuses to run as root, so every server-side command runs as the
 `postgres` OS user through `runuser -u postgres --`, and $STATE/pg is owned by it.
@@ -34,6 +36,7 @@ class Instance:
 
 PRIMARY = Instance("postgres-primary", config.PG_PRIMARY_DATA, config.PG_PRIMARY_PORT)
 REPLICA = Instance("postgres-replica", config.PG_REPLICA_DATA, config.PG_REPLICA_PORT)
+PREFECT = Instance("postgres-prefect", config.PG_PREFECT_DATA, config.PG_PREFECT_PORT)
 
 
 def _as_postgres(*argv: str) -> list[str]:
@@ -75,11 +78,13 @@ def _write_conf(inst: Instance) -> bool:
     return changed
 
 
-def _initdb_primary() -> None:
-    procs.run(_as_postgres(_pg("initdb"), "-D", str(PRIMARY.data), "-U", "postgres",
+def _initdb(inst: Instance) -> None:
+    if inst.data.exists():
+        shutil.rmtree(inst.data)
+    procs.run(_as_postgres(_pg("initdb"), "-D", str(inst.data), "-U", "postgres",
                            "--auth-local=peer", "--auth-host=scram-sha-256",
                            "--encoding=UTF8", "--locale=C.UTF-8"))
-    with open(PRIMARY.data / "postgresql.conf", "a") as fh:
+    with open(inst.data / "postgresql.conf", "a") as fh:
         fh.write("\n# sandbox settings (rendered from sandbox/conf/postgresql.sandbox.conf)\n"
                  "include = 'sandbox.conf'\n")
 
@@ -167,9 +172,7 @@ def ensure_up(password: str) -> list[str]:
     _prepare_dirs()
     fresh_primary = not (PRIMARY.data / "PG_VERSION").exists()
     if fresh_primary:
-        if PRIMARY.data.exists():
-            shutil.rmtree(PRIMARY.data)
-        _initdb_primary()
+        _initdb(PRIMARY)
         actions.append("postgres-primary: initdb")
     was_running = postmaster_pid(PRIMARY) is not None
     _start_or_reload(PRIMARY, _write_conf(PRIMARY))
@@ -191,6 +194,28 @@ def ensure_up(password: str) -> list[str]:
     if not procs.wait_for(lambda: check_replica()[0], timeout=30):
         raise SandboxError(f"postgres-replica is not streaming: {check_replica()[1]}")
     return actions
+
+
+def ensure_prefect_database() -> str:
+    """The Prefect server's database server, role and database (idempotent)."""
+    _prepare_dirs()
+    actions = []
+    if not (PREFECT.data / "PG_VERSION").exists():
+        _initdb(PREFECT)
+        actions.append("initdb")
+    was_running = postmaster_pid(PREFECT) is not None
+    _start_or_reload(PREFECT, _write_conf(PREFECT))
+    if not was_running:
+        actions.append("started")
+    name = config.PREFECT_DATABASE
+    with _superuser(PREFECT.port) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(name)))
+    with _superuser(PREFECT.port, name) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # Prefect's migrations need it
+    return ", ".join(actions) or "healthy, left running"
 
 
 def stop(inst: Instance) -> bool:
@@ -215,6 +240,16 @@ def check_primary() -> tuple[bool, str]:
     if in_recovery:
         return False, "primary is in recovery"
     return True, f"SELECT as {config.PG_USER} ok, read-write"
+
+
+def check_prefect() -> tuple[bool, str]:
+    try:
+        with psycopg.connect(host=str(config.PG_SOCKET_DIR), port=PREFECT.port, dbname=config.PREFECT_DATABASE,
+                             user=config.PREFECT_DATABASE, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except (psycopg.Error, OSError) as exc:
+        return False, f"query as {config.PREFECT_DATABASE} failed: {str(exc).strip()[:120]}"
+    return True, f"SELECT as {config.PREFECT_DATABASE} ok"
 
 
 def check_replica() -> tuple[bool, str]:

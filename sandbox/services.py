@@ -62,7 +62,7 @@ def ensure_packages() -> None:
               timeout=1200)
 
 
-SANDBOX_PORTS = (config.REGISTRY_PORT, config.PG_PRIMARY_PORT, config.PG_REPLICA_PORT,
+SANDBOX_PORTS = (config.REGISTRY_PORT, config.PG_PRIMARY_PORT, config.PG_REPLICA_PORT, config.PG_PREFECT_PORT,
                  config.REDIS_PORT, config.NGINX_HTTP_PORT, config.NGINX_HTTPS_PORT,
                  config.SLACK_PORT, config.PROMETHEUS_PORT, config.REDIS_EXPORTER_PORT,
                  config.POSTGRES_EXPORTER_PORT, config.PREFECT_PORT, *config.APP_SLOT_PORTS)
@@ -171,9 +171,11 @@ def up() -> list[str]:
         secrets = config.ensure_secrets()
         write_prefect_env()
         # Slow starters boot in the background while PostgreSQL initialises.
-        for daemon in (daemons.PREFECT_SERVER, daemons.DOCKER, daemons.PROMETHEUS,
-                       daemons.NGINX, daemons.REDIS, daemons.REGISTRY, daemons.SLACK):
+        for daemon in (daemons.DOCKER, daemons.PROMETHEUS, daemons.NGINX, daemons.REDIS,
+                       daemons.REGISTRY, daemons.SLACK):
             daemon.kick()
+        _step("postgres-prefect", postgres.ensure_prefect_database)
+        daemons.PREFECT_SERVER.kick()  # it migrates its database as it starts
         _step("postgres", lambda: ", ".join(postgres.ensure_up(secrets["architect_db_password"]))
               or "healthy, left running")
         for daemon in daemons.ALL:
@@ -216,7 +218,7 @@ def down(purge: bool = False) -> None:
             if daemon is daemons.DOCKER and procs.unmount(config.DOCKER_DATA):
                 # With --live-restore dockerd leaves its data root bind-mounted on itself.
                 log(f"unmounted {config.DOCKER_DATA}")
-        for inst in (postgres.REPLICA, postgres.PRIMARY):
+        for inst in (postgres.REPLICA, postgres.PRIMARY, postgres.PREFECT):
             if inst.data.exists() and postgres.stop(inst):
                 log(f"stopped {inst.name}")
     if purge and config.STATE_DIR.exists():
@@ -238,7 +240,8 @@ def _work_pool_check() -> tuple[bool, str]:
 def _rows() -> list[tuple[str, str, Callable[[], tuple[bool, str]]]]:
     h = config.HOST
     rows = [("postgres-primary", f"{h}:{config.PG_PRIMARY_PORT}", postgres.check_primary),
-            ("postgres-replica", f"{h}:{config.PG_REPLICA_PORT}", postgres.check_replica)]
+            ("postgres-replica", f"{h}:{config.PG_REPLICA_PORT}", postgres.check_replica),
+            ("postgres-prefect", f"{h}:{config.PG_PREFECT_PORT}", postgres.check_prefect)]
     for daemon in daemons.ALL:
         if daemon is daemons.NGINX:
             rows.append(("nginx-https", config.API_URL, daemons.nginx_https_check))

@@ -226,13 +226,26 @@ def test_https_is_rejected_without_the_sandbox_ca():
 def test_status_reports_every_service_healthy():
     rows = services.status()
     assert {r["service"] for r in rows} >= {
-        "postgres-primary", "postgres-replica", "redis", "dockerd", "registry", "prometheus",
+        "postgres-primary", "postgres-replica", "postgres-prefect", "redis", "dockerd", "registry", "prometheus",
         "nginx-https", "nginx-http", "slack-standin", "prefect-server", "prefect-worker"}
     assert [r for r in rows if not r["healthy"]] == []
 
 
+def test_the_prefect_server_keeps_its_data_in_its_own_postgresql():
+    name = f"sandbox_probe_{uuid.uuid4().hex[:8]}"
+    httpx.post(f"{config.PREFECT_API_URL}/variables/", json={"name": name, "value": "stored"},
+               timeout=10).raise_for_status()
+    try:
+        with psycopg.connect(host=str(config.PG_SOCKET_DIR), port=config.PG_PREFECT_PORT,
+                             dbname=config.PREFECT_DATABASE, user=config.PREFECT_DATABASE) as conn:
+            row = conn.execute("SELECT value FROM variable WHERE name = %s", (name,)).fetchone()
+    finally:
+        httpx.delete(f"{config.PREFECT_API_URL}/variables/name/{name}", timeout=10)
+    assert row is not None and row[0] == "stored", row
+
+
 # --- keep last: takes the whole sandbox down and up again ---------------------------
-OUR_PORTS = (config.PG_PRIMARY_PORT, config.PG_REPLICA_PORT, config.REDIS_PORT,
+OUR_PORTS = (config.PG_PRIMARY_PORT, config.PG_REPLICA_PORT, config.PG_PREFECT_PORT, config.REDIS_PORT,
              config.REGISTRY_PORT, config.PROMETHEUS_PORT, config.POSTGRES_EXPORTER_PORT,
              config.REDIS_EXPORTER_PORT, config.NGINX_HTTP_PORT, config.NGINX_HTTPS_PORT,
              config.SLACK_PORT, config.PREFECT_PORT)

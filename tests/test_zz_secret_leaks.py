@@ -20,13 +20,20 @@ def secret_values() -> dict[str, str]:
     return {name: value for name, value in config.load_secrets().items() if len(value) >= 8}
 
 
+def prefect_database_dump() -> bytes:
+    """Every row of the Prefect server's database, as pg_dump writes it."""
+    return subprocess.run([str(config.PG_BIN / "pg_dump"), "--host", str(config.PG_SOCKET_DIR),
+                           "--port", str(config.PG_PREFECT_PORT), "--username", config.PREFECT_DATABASE,
+                           config.PREFECT_DATABASE], capture_output=True, check=True, timeout=300).stdout
+
+
 def places() -> dict[str, bytes]:
     """Everything the runs wrote that people read: the Prefect database (logs, artifacts,
     parameters, states, results), its result storage, the Slack stand-in's record, and the
-    logs of the sandbox's servers and of the app's replicas."""
-    found = {}
-    for path in [*config.PREFECT_HOME.glob("prefect.db*"), *(config.PREFECT_HOME / "storage").glob("**/*"),
-                 *config.LOG_DIR.glob("*.log"), config.SLACK_MESSAGES]:
+    logs of the sandbox's servers, of PostgreSQL and of the app's replicas."""
+    found = {"prefect database (pg_dump)": prefect_database_dump()}
+    for path in [*(config.PREFECT_HOME / "storage").glob("**/*"), *config.LOG_DIR.glob("*.log"),
+                 *config.PG_DIR.glob("*.log"), config.SLACK_MESSAGES]:
         if Path(path).is_file():
             found[str(path)] = Path(path).read_bytes()
     found["slack stand-in (API)"] = httpx.get(f"{config.SLACK_CONTROL_URL}/messages", timeout=10).content
@@ -48,7 +55,7 @@ def test_no_secret_value_appears_in_logs_artifacts_slack_or_the_prefect_database
     secrets = secret_values()
     assert {"architect_db_password", "slack_bot_token", "smoke_password", "jwt_secret"} <= set(secrets)
     haystacks = places()
-    assert any(name.endswith("prefect.db") for name in haystacks) and len(haystacks) > 5
+    assert b"COPY public.flow_run " in haystacks["prefect database (pg_dump)"] and len(haystacks) > 5
     assert find_leaks(haystacks, secrets) == []
 
 
