@@ -166,18 +166,27 @@ def _basebackup_replica() -> None:
         raise
 
 
+def _start(inst: Instance, actions: list[str]) -> None:
+    was_running = postmaster_pid(inst) is not None
+    _start_or_reload(inst, _write_conf(inst))
+    if not was_running:
+        actions.append(f"{inst.name}: started")
+
+
+def _initdb_if_new(inst: Instance, actions: list[str]) -> bool:
+    if (inst.data / "PG_VERSION").exists():
+        return False
+    _initdb(inst)
+    actions.append(f"{inst.name}: initdb")
+    return True
+
+
 def ensure_up(password: str) -> list[str]:
     """Bring primary and replica up (idempotent). Returns human-readable actions taken."""
     actions: list[str] = []
     _prepare_dirs()
-    fresh_primary = not (PRIMARY.data / "PG_VERSION").exists()
-    if fresh_primary:
-        _initdb(PRIMARY)
-        actions.append("postgres-primary: initdb")
-    was_running = postmaster_pid(PRIMARY) is not None
-    _start_or_reload(PRIMARY, _write_conf(PRIMARY))
-    if not was_running:
-        actions.append("postgres-primary: started")
+    fresh_primary = _initdb_if_new(PRIMARY, actions)
+    _start(PRIMARY, actions)
     _bootstrap_primary(password)
 
     if fresh_primary and REPLICA.data.exists():
@@ -187,10 +196,7 @@ def ensure_up(password: str) -> list[str]:
     if not (REPLICA.data / "PG_VERSION").exists():
         _basebackup_replica()
         actions.append("postgres-replica: pg_basebackup")
-    was_running = postmaster_pid(REPLICA) is not None
-    _start_or_reload(REPLICA, _write_conf(REPLICA))
-    if not was_running:
-        actions.append("postgres-replica: started")
+    _start(REPLICA, actions)
     if not procs.wait_for(lambda: check_replica()[0], timeout=30):
         raise SandboxError(f"postgres-replica is not streaming: {check_replica()[1]}")
     return actions
@@ -199,14 +205,9 @@ def ensure_up(password: str) -> list[str]:
 def ensure_prefect_database() -> str:
     """The Prefect server's database server, role and database (idempotent)."""
     _prepare_dirs()
-    actions = []
-    if not (PREFECT.data / "PG_VERSION").exists():
-        _initdb(PREFECT)
-        actions.append("initdb")
-    was_running = postmaster_pid(PREFECT) is not None
-    _start_or_reload(PREFECT, _write_conf(PREFECT))
-    if not was_running:
-        actions.append("started")
+    actions: list[str] = []
+    _initdb_if_new(PREFECT, actions)
+    _start(PREFECT, actions)
     name = config.PREFECT_DATABASE
     with _superuser(PREFECT.port) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
@@ -215,7 +216,7 @@ def ensure_prefect_database() -> str:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(name)))
     with _superuser(PREFECT.port, name) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # Prefect's migrations need it
-    return ", ".join(actions) or "healthy, left running"
+    return ", ".join(a.removeprefix(f"{PREFECT.name}: ") for a in actions) or "healthy, left running"
 
 
 def stop(inst: Instance) -> bool:
