@@ -149,6 +149,11 @@ def prefect_database_url() -> str:
     return f"postgresql+asyncpg://{PREFECT_DATABASE}@/{PREFECT_DATABASE}?host={PG_SOCKET_DIR}&port={PG_PREFECT_PORT}"
 
 
+def prefect_conninfo() -> str:
+    """The same database for libpq tools (psycopg, pg_dump)."""
+    return f"host={PG_SOCKET_DIR} port={PG_PREFECT_PORT} dbname={PREFECT_DATABASE} user={PREFECT_DATABASE}"
+
+
 def pg_superuser_conninfo(port: int = PG_PRIMARY_PORT, dbname: str = "postgres") -> str:
     """Superuser over the unix socket (peer auth maps root and postgres to `postgres`)."""
     return f"host={PG_SOCKET_DIR} port={port} dbname={dbname} user=postgres"

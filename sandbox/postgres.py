@@ -245,8 +245,7 @@ def check_primary() -> tuple[bool, str]:
 
 def check_prefect() -> tuple[bool, str]:
     try:
-        with psycopg.connect(host=str(config.PG_SOCKET_DIR), port=PREFECT.port, dbname=config.PREFECT_DATABASE,
-                             user=config.PREFECT_DATABASE, connect_timeout=3) as conn:
+        with psycopg.connect(config.prefect_conninfo(), connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except (psycopg.Error, OSError) as exc:
         return False, f"query as {config.PREFECT_DATABASE} failed: {str(exc).strip()[:120]}"

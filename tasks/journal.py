@@ -5,8 +5,9 @@ the artifact's history) once it has taken the pre-deployment backup, names the s
 as it changes the database and the app, and closes the journal when the release is live or
 rolled back. Only new versions are ever written, so the journal keeps its whole history and
 works unchanged on a server whose database is SQLite (which answered updates and deletes under
-write load with 503s that cost seconds of client back-off). A journal still open when the next run holds the environment's lock therefore belongs to a run that died mid-deploy
-(its worker killed, its machine gone): the lock is a lease that only a dead holder loses. The
+write load with 503s that cost seconds of client back-off). A journal still open when the next
+run holds the environment's lock therefore belongs to a run that died mid-deploy (its worker
+killed, its machine gone): the lock is a lease that only a dead holder loses. The
 next run closes that run as Crashed and rolls its changes back before it changes anything itself.
 """
 

@@ -236,8 +236,7 @@ def test_the_prefect_server_keeps_its_data_in_its_own_postgresql():
     httpx.post(f"{config.PREFECT_API_URL}/variables/", json={"name": name, "value": "stored"},
                timeout=10).raise_for_status()
     try:
-        with psycopg.connect(host=str(config.PG_SOCKET_DIR), port=config.PG_PREFECT_PORT,
-                             dbname=config.PREFECT_DATABASE, user=config.PREFECT_DATABASE) as conn:
+        with psycopg.connect(config.prefect_conninfo()) as conn:
             row = conn.execute("SELECT value FROM variable WHERE name = %s", (name,)).fetchone()
     finally:
         httpx.delete(f"{config.PREFECT_API_URL}/variables/name/{name}", timeout=10)

@@ -22,9 +22,8 @@ def secret_values() -> dict[str, str]:
 
 def prefect_database_dump() -> bytes:
     """Every row of the Prefect server's database, as pg_dump writes it."""
-    return subprocess.run([str(config.PG_BIN / "pg_dump"), "--host", str(config.PG_SOCKET_DIR),
-                           "--port", str(config.PG_PREFECT_PORT), "--username", config.PREFECT_DATABASE,
-                           config.PREFECT_DATABASE], capture_output=True, check=True, timeout=300).stdout
+    return subprocess.run([str(config.PG_BIN / "pg_dump"), "--dbname", config.prefect_conninfo()],
+                          capture_output=True, check=True, timeout=300).stdout
 
 
 def places() -> dict[str, bytes]:
