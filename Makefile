@@ -13,12 +13,12 @@ demo: install sandbox-up deployments
 test: install sandbox-up
 	$(PREFECT_ENV) $(PYTHON) -m pytest
 
+## install: the Debian packages of system-packages.txt, then the Python ones of pyproject.toml
 install:
-	@$(PYTHON) -c "import prefect, docker, kubernetes, psycopg, slack_sdk, hypothesis, pytest_timeout, aiohttp, uvloop, playwright" 2>/dev/null \
+	@$(PYTHON) -m deployments.system_packages install
+	@$(PYTHON) -c "import prefect, docker, kubernetes, psycopg, slack_sdk, hypothesis, pytest_timeout, aiohttp, uvloop, playwright, ruff, mypy" 2>/dev/null \
 		&& $(PYTHON) -c "import importlib.metadata as m; m.version('architect-deploy')" 2>/dev/null \
 		|| $(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@# The sign-off UI test drives Debian's chromium; the sandbox installs its own server packages.
-	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 
 sandbox-up:
 	$(PYTHON) -m sandbox up

@@ -44,7 +44,13 @@ STAGES = ["preflight", "build", "backup", "migrate", "deploy", "health", "smoke"
 # From "migrate" on the database may have changed, from "deploy" on the app: a failure undoes them.
 DATABASE_CHANGED_FROM, APP_CHANGED_FROM = "migrate", "deploy"
 
-Version = Annotated[str | None, Field(pattern=SEMVER.pattern, max_length=MAX_INPUT_LENGTH), AfterValidator(lambda v: v and check_semver(v))]
+# Empty means the same as absent (derive the version) in the UI form, the API and the CLI; the schema
+# says so too, since the server checks a deployment run's parameters against it.
+Version = Annotated[
+    str | None,
+    Field(pattern=f"^$|{SEMVER.pattern}", max_length=MAX_INPUT_LENGTH),
+    AfterValidator(lambda v: check_semver(v) if v else None),
+]
 # The schema (the UI's form, the server's check of a deployment run) carries the full rule; pydantic's
 # own regex engine has no look-arounds, so the validator applies it here.
 GitRef = Annotated[str, Field(json_schema_extra={"pattern": GIT_REF.pattern}), AfterValidator(check_git_ref)]

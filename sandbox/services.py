@@ -20,21 +20,12 @@ from typing import Callable, Iterator
 
 import httpx
 
+from deployments import system_packages
+
 from . import config, daemons, postgres, procs
 from .daemons import reload_nginx  # noqa: F401  (public API)
 from .procs import SandboxError
 
-# Debian package -> a file it installs; a missing file means "install the package".
-REQUIRED_PACKAGES = {
-    "postgresql": str(config.PG_BIN / "postgres"),
-    "redis-server": "/usr/bin/redis-server",
-    "docker.io": "/usr/sbin/dockerd",
-    "docker-registry": "/usr/bin/docker-registry",
-    "prometheus": "/usr/bin/prometheus",
-    "nginx": "/usr/sbin/nginx",
-    "prometheus-postgres-exporter": "/usr/bin/prometheus-postgres-exporter",
-    "prometheus-redis-exporter": "/usr/bin/prometheus-redis-exporter",
-}
 CONTAINER_LABEL = "architect.sandbox=1"   # the pipeline labels app replicas with it
 
 
@@ -52,14 +43,9 @@ def _lock() -> Iterator[None]:
 
 
 def ensure_packages() -> None:
-    missing = [pkg for pkg, path in REQUIRED_PACKAGES.items() if not os.path.exists(path)]
-    if not missing:
-        return
-    log(f"installing Debian packages: {' '.join(missing)}")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    procs.run(["apt-get", "update"], env=env, timeout=600)
-    procs.run(["apt-get", "install", "-y", "--no-install-recommends", *missing], env=env,
-              timeout=1200)
+    """Everything of system-packages.txt; `make` has usually installed it already."""
+    if system_packages.install(system_packages.read_list()) != 0:
+        raise SandboxError("system packages are missing; see the messages above")
 
 
 SANDBOX_PORTS = (config.REGISTRY_PORT, config.PG_PRIMARY_PORT, config.PG_REPLICA_PORT, config.PG_PREFECT_PORT,

@@ -217,10 +217,13 @@ def verify_image(docker_host: str, pinned: str, version: str, commit: str) -> in
 
 
 def release_version(requested: str | None, source: SourceCheckout, git_ref: str) -> str:
-    """The requested version, or for a branch build (nightly) VERSION plus the ref and commit."""
+    """The requested version; else VERSION for its own tag (v3.2.1 at VERSION 3.2.1); else, for a
+    branch build (nightly), VERSION plus the ref and commit."""
     if requested:
         return requested
     base = source.version_file or "0.0.0"
+    if source.version_file and git_ref in (source.version_file, f"v{source.version_file}"):
+        return source.version_file
     slug = re.sub(r"[^0-9A-Za-z-]+", "-", git_ref).strip("-") or "ref"
     return f"{base}-{slug}.g{source.commit[:7]}"
 

@@ -426,6 +426,13 @@ def test_refs_git_would_misread_are_refused_by_the_schema_too(manual_deployment)
             staging_deploy.validate_parameters({field: value})
 
 
+def test_an_empty_version_is_accepted_by_the_schema_as_an_absent_one_is(manual_deployment):
+    # The UI's form sends "" for a cleared field; the server checks runs against this schema (409 otherwise).
+    schema = manual_deployment.parameter_openapi_schema
+    for parameters in ({"version": ""}, {}, {"version": "3.2.0"}):
+        assert validate_against_schema({**manual_deployment.parameters, **parameters}, schema, raise_on_error=False) == []
+
+
 @settings(max_examples=8, deadline=None)
 @given(field=st.sampled_from(["git_ref", "version", "load_duration_s", "load_profiles"]), data=st.data())
 def test_run_deployment_with_a_bad_parameter_is_refused_and_creates_no_run(manual_deployment, field, data):

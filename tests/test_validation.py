@@ -88,3 +88,28 @@ def test_docker_target_needs_a_surge_slot_per_rollout(replicas, slots):
 def test_replicas_listen_on_loopback_only(host):
     with pytest.raises(ValidationError, match="loopback only"):
         DockerTarget(bind_host=host)
+
+
+# -- the version parameter: empty and absent are the same, a release tag gives its VERSION ----------
+
+
+def test_an_empty_version_means_derive_it_as_absent_does():
+    from flows.staging_deploy import staging_deploy
+
+    checked = staging_deploy.validate_parameters
+    base = {"git_ref": "v3.2.0", "environment": "sandbox"}
+    assert checked({**base, "version": ""})["version"] is None
+    assert checked(base)["version"] is None
+    assert checked({**base, "version": "3.2.0"})["version"] == "3.2.0"
+
+
+@given(version=semvers)
+def test_a_tag_that_names_the_version_file_derives_that_version(version):
+    from tasks.build import SourceCheckout, release_version
+
+    source = SourceCheckout(path="/src", commit="0123456789abcdef" * 2 + "01234567", version_file=version)
+    assert release_version(None, source, f"v{version}") == version
+    assert release_version("", source, version) == version
+    assert release_version("9.9.9", source, f"v{version}") == "9.9.9"
+    branch = release_version(None, source, "main")
+    assert branch == f"{version}-main.g0123456" and check_semver(branch) == branch
