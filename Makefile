@@ -7,7 +7,7 @@ PREFECT_ENV = PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_HOME=$(CURDIR)/.
 
 ## demo: install, bring the sandbox up, deploy the reference app end to end, say where to look
 demo: install sandbox-up deployments
-	$(PREFECT_ENV) $(PYTHON) -m deployments.demo
+	$(PREFECT_ENV) $(PYTHON) -m sandbox.demo
 
 ## test: install, bring the sandbox up, run the whole test suite
 test: install sandbox-up

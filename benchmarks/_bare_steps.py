@@ -28,9 +28,9 @@ from psycopg import sql
 
 from blocks.environment import StagingEnvironment
 from sandbox import config
-from tasks.build import BINARY, GO_ENV
-from tasks.load_generator import GeneratorConfig, run_profile
-from tasks.load_model import API_MIX, ProfileRun, profiles_from_targets
+from tasks.release.build import BINARY, GO_ENV
+from tasks.gates.load.generator import GeneratorConfig, run_profile
+from tasks.gates.load.model import API_MIX, ProfileRun, profiles_from_targets
 
 PREFIX = "bench-bare-"
 PORTS = (18191, 18192, 18193, 18194)  # three replicas and one surge slot, like the flow's target
@@ -303,7 +303,7 @@ def login_token(response: httpx.Response) -> str:
 
 
 def smoke_requests(urls: list[str], user: str, password: str, origin: str) -> int:
-    """The HTTP requests of tasks/smoke.py's suite, once each and in its order, plain HTTP to the
+    """The HTTP requests of tasks/gates/smoke/suite.py's suite, once each and in its order, plain HTTP to the
     replicas; returns how many were made. Not made: the plain-HTTP redirect request and the TLS
     handshake of the certificate check (both are nginx's)."""
     made = [0]

@@ -34,8 +34,8 @@ from psycopg import sql
 
 from blocks.database import PostgresDatabase
 from sandbox import config
-from tasks import database as db
-from tasks import restore
+from tasks.database import backup as db
+from tasks.database import restore
 
 MIGRATIONS = config.REPO_ROOT / "sandbox" / "architect-api" / "migrations"
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.load_generator import GeneratorConfig, run_profile  # noqa: E402
-from tasks.load_model import LoadProfile, static_mix  # noqa: E402
+from tasks.gates.load.generator import GeneratorConfig, run_profile  # noqa: E402
+from tasks.gates.load.model import LoadProfile, static_mix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_URL = "https://localhost:58443/static-ok"

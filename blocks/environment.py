@@ -13,8 +13,8 @@ from prefect.blocks.core import Block
 from prefect.blocks.fields import SecretDict
 
 from blocks.database import PostgresDatabase
-from blocks.docker_target import DockerTarget
-from blocks.kubernetes_target import KubernetesTarget
+from blocks.docker.target import DockerTarget
+from blocks.kubernetes.target import KubernetesTarget
 from blocks.registry import ImageRegistry
 from blocks.slack import SlackChannel
 from blocks.validation import (
@@ -133,7 +133,7 @@ class StagingEnvironment(Block):
         for role, names in value.items():
             if any(not name.strip() for name in names):
                 raise ValueError(f"approvers for {role.value} contain an empty name")
-            # What the sign-off form accepts (tasks.approval.SignOffInput.name): anyone else could never sign.
+            # What the sign-off form accepts (tasks.signoff.approval.SignOffInput.name): anyone else could never sign.
             if any(len(name) > 100 or CONTROL_CHARACTERS.search(name) for name in names):
                 raise ValueError(f"approvers for {role.value}: names are at most 100 characters, without control characters")
         return value

@@ -15,7 +15,7 @@ from prefect.blocks.core import Block
 from pydantic import model_validator
 
 from blocks.validation import reject_unknown_fields
-from tasks.models import DeployPlan, OneOffResult, Revision, RolloutResult
+from tasks.core.models import DeployPlan, OneOffResult, Revision, RolloutResult
 
 
 class DeployTarget(Block, abc.ABC):

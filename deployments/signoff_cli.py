@@ -5,7 +5,7 @@
     architect-signoff sign RUN_ID --role security --name "Sam Security" --decision approve --notes "..."
 
 It talks to the Prefect API named by PREFECT_API_URL, checks the sign-off exactly as the flow will
-(tasks.approval.refusal_reason against the run's ledger) before resuming the run, and then waits
+(tasks.signoff.approval.refusal_reason against the run's ledger) before resuming the run, and then waits
 briefly to report what the flow made of it. Exit codes: 0 done, 1 refused or failed, 2 usage.
 """
 
@@ -35,9 +35,9 @@ from prefect.settings import PREFECT_API_URL
 from blocks.environment import Role
 from pydantic import ValidationError
 
-from tasks.approval import SignOffInput, read_ledger, refusal_reason
+from tasks.signoff.approval import SignOffInput, read_ledger, refusal_reason
 from tasks.notify import flow_run_url
-from tasks.signoff_document import Decision, Ledger
+from tasks.signoff.document import Decision, Ledger
 
 FLOW = "staging-deploy"
 

@@ -9,11 +9,11 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from blocks.environment import StagingEnvironment
-from tasks.checks import check_health
-from tasks.database import BackupResult
-from tasks.restore import RestorePolicy, RestoreResult, restore_database, should_restore
-from tasks.deploy import roll_back_release
-from tasks.models import Revision, Verdict
+from tasks.gates.health import check_health
+from tasks.database.backup import BackupResult
+from tasks.database.restore import RestorePolicy, RestoreResult, restore_database, should_restore
+from tasks.release.deploy import roll_back_release
+from tasks.core.models import Revision, Verdict
 
 
 class RollbackReport(BaseModel):

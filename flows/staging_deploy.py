@@ -17,28 +17,28 @@ from pydantic import AfterValidator, Field
 from blocks.environment import StagingEnvironment
 from blocks.validation import GIT_REF, MAX_INPUT_LENGTH, NAME, SEMVER, check_git_ref, check_name, check_semver
 from flows.rollback import rollback
-from tasks.approval import publish_signoff_document, sign_off_release, signoff_required
-from tasks.build import build_release
-from tasks.checks import check_health
-from tasks.database import MigrationResult, backup_database, check_data_integrity, check_database, verify_schema
-from tasks.deploy import (
+from tasks.signoff.approval import publish_signoff_document, sign_off_release, signoff_required
+from tasks.release.build import build_release
+from tasks.gates.health import check_health
+from tasks.database.backup import MigrationResult, backup_database, check_data_integrity, check_database, verify_schema
+from tasks.release.deploy import (
     deploy_release,
     list_pending_migrations,
     plan_release,
     record_current_revision,
     run_migrations,
 )
-from tasks.errors import DeployError, GateFailed, InvalidInput
-from tasks.journal import (DeployJournal, clear_journal, close_abandoned_run, load_backup, new_journal,
+from tasks.core.errors import DeployError, GateFailed, InvalidInput
+from tasks.release.journal import (DeployJournal, clear_journal, close_abandoned_run, load_backup, new_journal,
                            read_journal, remove_workspaces, workspace_prefix, write_journal)
-from tasks.load import LoadReport, run_load_test
-from tasks.lock import DeployLocked, deploy_lock
-from tasks.metrics import check_metrics
-from tasks.models import CheckResult, GateReport, Verdict
+from tasks.gates.load.gate import LoadReport, run_load_test
+from tasks.release.lock import DeployLocked, deploy_lock
+from tasks.gates.metrics import check_metrics
+from tasks.core.models import CheckResult, GateReport, Verdict
 from tasks.notify import RunNotifier, flow_run_url
-from tasks.preflight import run_preflight
-from tasks.restore import RestorePolicy
-from tasks.smoke import run_smoke_suite
+from tasks.gates.preflight import run_preflight
+from tasks.database.restore import RestorePolicy
+from tasks.gates.smoke.suite import run_smoke_suite
 
 STAGES = ["preflight", "build", "backup", "migrate", "deploy", "health", "smoke", "load", "metrics", "sign-off"]
 # From "migrate" on the database may have changed, from "deploy" on the app: a failure undoes them.

@@ -29,11 +29,11 @@ from prefect.states import Completed, Failed, State
 
 from blocks.environment import StagingEnvironment
 from sandbox import config
-from tasks.approval import ARTIFACT_KEY, collect_signoffs, read_ledger
-from tasks.errors import GateFailed
-from tasks.models import BuildResult
+from tasks.signoff.approval import ARTIFACT_KEY, collect_signoffs, read_ledger
+from tasks.core.errors import GateFailed
+from tasks.core.models import BuildResult
 from tasks.notify import RunNotifier, flow_run_url
-from tasks.signoff_document import GateSummary, Ledger
+from tasks.signoff.document import GateSummary, Ledger
 
 FLOW_NAME = "signoff-test"
 LEADS = {"engineering": "Eve Engineer", "devops": "Dev Ops", "security": "Sam Security", "product": "Pat Product"}

@@ -37,14 +37,14 @@ from prefect.utilities.schema_tools.validation import validate as validate_again
 from pydantic import ValidationError
 
 from blocks.database import PostgresDatabase
-from blocks.docker_target import DockerTarget
+from blocks.docker.target import DockerTarget
 from blocks.environment import PerformanceTargets, StagingEnvironment
-from blocks.kubernetes_target import KubernetesTarget
+from blocks.kubernetes.target import KubernetesTarget
 from blocks.registry import ImageRegistry
-from blocks.sandbox_environment import sandbox_environment
+from sandbox.environment_block import sandbox_environment
 from blocks.slack import SlackChannel
 from flows.staging_deploy import staging_deploy
-from tasks.errors import PermanentError
+from tasks.core.errors import PermanentError
 from tests.conftest import deploy
 
 STAND_IN_SECRETS = {

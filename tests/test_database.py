@@ -20,11 +20,13 @@ from psycopg import sql
 
 from blocks.database import PostgresDatabase
 from sandbox import config
-from tasks import backup_storage, pg_manifest, pg_tools
-from tasks import database as db
-from tasks import restore
-from tasks.errors import PermanentError
-from tasks.models import Verdict
+from tasks.database import storage as backup_storage
+from tasks.database import manifest as pg_manifest
+from tasks.database import tools as pg_tools
+from tasks.database import backup as db
+from tasks.database import restore
+from tasks.core.errors import PermanentError
+from tasks.core.models import Verdict
 
 pytestmark = pytest.mark.sandbox
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.pg_manifest import table_checksums
+from tasks.database.manifest import table_checksums
 from tests.conftest import deploy, schema_version, serving_versions
 
 pytestmark = pytest.mark.sandbox

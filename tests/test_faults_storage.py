@@ -16,7 +16,7 @@ import pytest
 from prefect.filesystems import LocalFileSystem
 
 from sandbox import postgres
-from tasks.pg_manifest import table_checksums
+from tasks.database.manifest import table_checksums
 from tests._fault_helpers import (
     Trigger,
     assert_only_good_replicas,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from blocks.kubernetes_target import KubernetesTarget
+from blocks.kubernetes.target import KubernetesTarget
 from tests.k8s_emulator import testing
 from tests.k8s_emulator.testing import IMAGES, SLOW
 

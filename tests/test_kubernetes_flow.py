@@ -54,8 +54,8 @@ from dataclasses import dataclass
 import pytest
 from pydantic import AnyHttpUrl
 
-from blocks.kubernetes_target import KubernetesTarget
-from tasks.pg_manifest import table_checksums
+from blocks.kubernetes.target import KubernetesTarget
+from tasks.database.manifest import table_checksums
 from tests.conftest import deploy
 from tests.k8s_emulator import Emulator, running_emulator, testing
 

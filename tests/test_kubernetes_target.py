@@ -14,10 +14,10 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from blocks.kubernetes_target import KubernetesTarget
-from tasks.models import DeployPlan
+from blocks.kubernetes.target import KubernetesTarget
+from tasks.core.models import DeployPlan
 from blocks.target import DeployTarget
-from tasks.errors import PermanentError, TemporaryError
+from tasks.core.errors import PermanentError, TemporaryError
 from tests.k8s_emulator import testing
 from tests.k8s_emulator.testing import IMAGES, SLOW
 

@@ -15,8 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from blocks.environment import StagingEnvironment
-from tasks.load import LoadReport, run_load_test
-from tasks.models import Verdict
+from tasks.gates.load.gate import LoadReport, run_load_test
+from tasks.core.models import Verdict
 
 pytestmark = pytest.mark.sandbox
 

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from blocks.environment import PerformanceTargets
-from tasks.load import judge, latency_chart_svg, report_markdown
-from tasks.load_generator import GeneratorConfig, SetupError, check_loopback, run_profile
-from tasks.load_model import API_MIX, LatencyHistogram, LoadProfile, profiles_from_targets, static_mix
-from tasks.models import Verdict
+from tasks.gates.load.gate import judge, latency_chart_svg, report_markdown
+from tasks.gates.load.generator import GeneratorConfig, SetupError, check_loopback, run_profile
+from tasks.gates.load.model import API_MIX, LatencyHistogram, LoadProfile, profiles_from_targets, static_mix
+from tasks.core.models import Verdict
 from tests._load_helpers import Behaviour, ControlledServer
 
 
@@ -174,7 +174,7 @@ def test_the_chart_is_an_svg_with_the_profiles_and_targets(serve):
 
 def environment(api_url: str, **overrides):
     from blocks.database import PostgresDatabase
-    from blocks.docker_target import DockerTarget
+    from blocks.docker.target import DockerTarget
     from blocks.environment import StagingEnvironment
     from blocks.registry import ImageRegistry
 
@@ -186,7 +186,7 @@ def environment(api_url: str, **overrides):
 
 
 def test_the_task_returns_a_report_for_each_profile(serve):
-    from tasks.load import run_load_test
+    from tasks.gates.load.gate import run_load_test
 
     url, b = serve(delay_s=0.002)
     report = run_load_test.fn(environment(url), profiles=["light", "medium"], duration_s=2, warmup_s=0.5)
@@ -199,8 +199,8 @@ def test_the_task_returns_a_report_for_each_profile(serve):
 
 
 def test_the_task_refuses_bad_input_and_reports_a_refused_login_as_a_failure(serve):
-    from tasks.errors import InvalidInput
-    from tasks.load import run_load_test
+    from tasks.core.errors import InvalidInput
+    from tasks.gates.load.gate import run_load_test
 
     with pytest.raises(InvalidInput, match="loopback"):
         run_load_test.fn(environment("https://10.0.0.1"), profiles=["light"], duration_s=1)

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from blocks.database import PostgresDatabase
-from blocks.docker_target import DockerTarget
+from blocks.docker.target import DockerTarget
 from blocks.environment import PerformanceTargets, StagingEnvironment
 from blocks.registry import ImageRegistry
-from tasks.metrics import (
+from tasks.gates.metrics import (
     GUIDE_ALERTS,
     MetricCheck,
     check_metrics,
@@ -24,7 +24,7 @@ from tasks.metrics import (
     parse_duration,
     resolve,
 )
-from tasks.models import Verdict
+from tasks.core.models import Verdict
 
 SANDBOX_PROMETHEUS = "http://127.0.0.1:59090"
 

@@ -16,9 +16,9 @@ from prefect.input.run_input import keyset_from_base_key
 
 from blocks.environment import Role, StagingEnvironment
 from deployments import signoff_cli
-from tasks.approval import refusal_reason, signoff_required
-from tasks.signoff_document import Decision, GateSummary, Ledger, SignOff, SignOffRecord, describe
-from tasks.errors import InvalidInput
+from tasks.signoff.approval import refusal_reason, signoff_required
+from tasks.signoff.document import Decision, GateSummary, Ledger, SignOff, SignOffRecord, describe
+from tasks.core.errors import InvalidInput
 from tests._signoff_helpers import FIGURES, FLOW_NAME, GATES, LEADS, RELEASE, SignoffRun
 
 APPROVERS = {Role(role): [name] for role, name in LEADS.items()}

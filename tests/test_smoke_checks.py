@@ -8,12 +8,12 @@ import threading
 import pytest
 
 from blocks.database import PostgresDatabase
-from blocks.docker_target import DockerTarget
+from blocks.docker.target import DockerTarget
 from blocks.environment import StagingEnvironment
 from blocks.registry import ImageRegistry
-from tasks.checks import Redactor, check_health
-from tasks.models import Verdict
-from tasks.smoke import SMOKE_CHECKS, run_smoke_suite
+from tasks.gates.health import Redactor, check_health
+from tasks.core.models import Verdict
+from tasks.gates.smoke.suite import SMOKE_CHECKS, run_smoke_suite
 from tests._fake_api import PASSWORD, FakeApi
 
 ALL_SMOKE = [name for name, _ in SMOKE_CHECKS] + ["security: certificate valid", "security: rate limiting"]

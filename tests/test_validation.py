@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from blocks.docker_target import DockerTarget
+from blocks.docker.target import DockerTarget
 from blocks.environment import PerformanceTargets
 from blocks.registry import ImageRegistry
 from blocks.validation import MAX_INPUT_LENGTH, check_git_ref, check_semver
@@ -105,7 +105,7 @@ def test_an_empty_version_means_derive_it_as_absent_does():
 
 @given(version=semvers)
 def test_a_tag_that_names_the_version_file_derives_that_version(version):
-    from tasks.build import SourceCheckout, release_version
+    from tasks.release.build import SourceCheckout, release_version
 
     source = SourceCheckout(path="/src", commit="0123456789abcdef" * 2 + "01234567", version_file=version)
     assert release_version(None, source, f"v{version}") == version

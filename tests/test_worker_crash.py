@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
 from sandbox import daemons, procs
-from tasks.journal import read_journal, workspace_prefix
+from tasks.release.journal import read_journal, workspace_prefix
 from tests._fault_helpers import Trigger, assert_only_good_replicas, restored
 from tests.conftest import GOOD, GOOD_WITH_MIGRATION, deploy, schema_version
 from tests.test_faults_runtime import replicas_of
