@@ -3,7 +3,7 @@ PYTHON ?= python3
 export ARCHITECT_NIGHTLY_TZ ?= UTC
 PREFECT_ENV = PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_HOME=$(CURDIR)/.sandbox/prefect
 
-.PHONY: demo test install sandbox-up sandbox-down sandbox-status sandbox-purge deployments
+.PHONY: demo test lint install sandbox-up sandbox-down sandbox-status sandbox-purge deployments
 
 ## demo: install, bring the sandbox up, deploy the reference app end to end, say where to look
 demo: install sandbox-up deployments
@@ -12,6 +12,12 @@ demo: install sandbox-up deployments
 ## test: install, bring the sandbox up, run the whole test suite
 test: install sandbox-up
 	$(PREFECT_ENV) $(PYTHON) -m pytest
+
+## lint: ruff's checks and formatting, and mypy on the core and the runner (CI runs it before the tests)
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 ## install: the Debian packages of system-packages.txt, then the Python ones of pyproject.toml
 install:
