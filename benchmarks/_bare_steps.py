@@ -28,9 +28,9 @@ from psycopg import sql
 
 from blocks.environment import StagingEnvironment
 from sandbox import config
-from tasks.release.build import BINARY, GO_ENV
 from tasks.gates.load.generator import GeneratorConfig, run_profile
 from tasks.gates.load.model import API_MIX, ProfileRun, profiles_from_targets
+from tasks.release.build import BINARY, GO_ENV
 
 PREFIX = "bench-bare-"
 PORTS = (18191, 18192, 18193, 18194)  # three replicas and one surge slot, like the flow's target
@@ -58,7 +58,9 @@ def _check(result: subprocess.CompletedProcess, what: str) -> subprocess.Complet
 
 def _run(args: list[str], what: str, cwd: Path | None = None, extra_env: dict | None = None, timeout: float = 900):
     env = {**os.environ, **(extra_env or {})}
-    return _check(subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False), what)
+    return _check(
+        subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False), what
+    )
 
 
 def _superuser(dbname: str = "postgres") -> psycopg.Connection:
@@ -71,8 +73,11 @@ class BareDeploy:
     def __init__(self, env: StagingEnvironment, git_ref: str, version: str, load_duration_s: float):
         self.env, self.git_ref, self.version, self.load_duration_s = env, git_ref, version, load_duration_s
         self.database = env.database.model_copy(update={"dbname": SCRATCH_DB})
-        self.app_env = {**env.app_environment(), "DATABASE_URL": self.database.app_database_url(),
-                        "REDIS_DB": str(REDIS_DB)}
+        self.app_env = {
+            **env.app_environment(),
+            "DATABASE_URL": self.database.app_database_url(),
+            "REDIS_DB": str(REDIS_DB),
+        }
         self.docker = docker.DockerClient(base_url=env.target.docker_host, timeout=300)
         self.builder = docker.DockerClient(base_url=env.builder_docker_host, timeout=300)
         self.workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
@@ -97,18 +102,33 @@ class BareDeploy:
                     raise BareStepFailed(f"port {port} is not free ({exc}); is another benchmark running?") from exc
         with _superuser() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB)))
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(SCRATCH_DB), sql.Identifier(self.database.user)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(SCRATCH_DB), sql.Identifier(self.database.user)
+                )
+            )
         self.db_created = True
         with self.database.connect() as conn:
             self.major = conn.info.server_version // 10000
         copy = self.workdir / "staging-copy.dump"
         tool_env = self.env.database.tool_env()
-        _run([self.env.database.pg_tool("pg_dump", self.major), "--format=custom", "--no-password", f"--file={copy}"],
-             "pg_dump of the staging database", extra_env=tool_env)
-        _run([self.database.pg_tool("pg_restore", self.major), "--no-owner", "--exit-on-error", "--no-password",
-              f"--dbname={SCRATCH_DB}", str(copy)], "pg_restore into the scratch database",
-             extra_env=self.database.tool_env())
+        _run(
+            [self.env.database.pg_tool("pg_dump", self.major), "--format=custom", "--no-password", f"--file={copy}"],
+            "pg_dump of the staging database",
+            extra_env=tool_env,
+        )
+        _run(
+            [
+                self.database.pg_tool("pg_restore", self.major),
+                "--no-owner",
+                "--exit-on-error",
+                "--no-password",
+                f"--dbname={SCRATCH_DB}",
+                str(copy),
+            ],
+            "pg_restore into the scratch database",
+            extra_env=self.database.tool_env(),
+        )
         copy.unlink()
         self.notes["schema before migrate"] = self.schema_version()
         running = flow_replicas(self.docker)
@@ -171,43 +191,89 @@ class BareDeploy:
         src = self.workdir / "src"
         commit = self._timed("build", "git clone + checkout", lambda: self._checkout(src))
         built_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-        self._timed("build", "go test -json -cover", lambda: _run(
-            ["go", "test", "-json", "-cover", "./..."], "go test", cwd=src, extra_env=GO_ENV))
+        self._timed(
+            "build",
+            "go test -json -cover",
+            lambda: _run(["go", "test", "-json", "-cover", "./..."], "go test", cwd=src, extra_env=GO_ENV),
+        )
         ldflags = f"-s -w -X main.version={self.version} -X main.buildTime={built_at} -X main.gitCommit={commit}"
-        self._timed("build", "go build", lambda: _run(
-            ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", BINARY, "./cmd/architect"], "go build",
-            cwd=src, extra_env=GO_ENV, timeout=600))
-        self._timed("build", "docker build", lambda: self.builder.images.build(
-            path=str(src), tag=f"{self.repository}:{self.tag}", rm=True, forcerm=True, network_mode="none",
-            buildargs={"VERSION": self.version, "BUILD_TIME": built_at, "GIT_COMMIT": commit}))
+        self._timed(
+            "build",
+            "go build",
+            lambda: _run(
+                ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", BINARY, "./cmd/architect"],
+                "go build",
+                cwd=src,
+                extra_env=GO_ENV,
+                timeout=600,
+            ),
+        )
+        self._timed(
+            "build",
+            "docker build",
+            lambda: self.builder.images.build(
+                path=str(src),
+                tag=f"{self.repository}:{self.tag}",
+                rm=True,
+                forcerm=True,
+                network_mode="none",
+                buildargs={"VERSION": self.version, "BUILD_TIME": built_at, "GIT_COMMIT": commit},
+            ),
+        )
         pinned = self._timed("build", "docker push", self._push)
         self._timed("build", "docker run --version", lambda: self._verify(pinned, commit))
-        self._timed("backup", "pg_dump -Fc", lambda: _run(
-            [self.database.pg_tool("pg_dump", self.major), "--format=custom", "--no-password",
-             f"--lock-wait-timeout={self.database.lock_timeout_ms}", f"--file={self.workdir / 'backup.dump'}"],
-            "pg_dump", extra_env=self.database.tool_env(), timeout=3600))
-        self._timed("migrate", "migrate --direction up", lambda: self._one_off(pinned, ["migrate", "--direction", "up"]))
+        self._timed(
+            "backup",
+            "pg_dump -Fc",
+            lambda: _run(
+                [
+                    self.database.pg_tool("pg_dump", self.major),
+                    "--format=custom",
+                    "--no-password",
+                    f"--lock-wait-timeout={self.database.lock_timeout_ms}",
+                    f"--file={self.workdir / 'backup.dump'}",
+                ],
+                "pg_dump",
+                extra_env=self.database.tool_env(),
+                timeout=3600,
+            ),
+        )
+        self._timed(
+            "migrate", "migrate --direction up", lambda: self._one_off(pinned, ["migrate", "--direction", "up"])
+        )
         self._timed("migrate", "migrate status --json", lambda: self._one_off(pinned, ["migrate", "status", "--json"]))
         self._timed("deploy", "pull + replace replicas", lambda: self._replace(pinned))
         urls = [f"http://{config.HOST}:{p}" for p in sorted(self.slots)]
         self._timed("health", "GET /health per replica", lambda: [self._get_health(u) for u in urls])
-        self.notes["smoke requests"] = self._timed("smoke", "smoke requests", lambda: smoke_requests(
-            urls, self.env.smoke_user, self.env.smoke_password.get_secret_value(), self.env.allowed_origin))
+        self.notes["smoke requests"] = self._timed(
+            "smoke",
+            "smoke requests",
+            lambda: smoke_requests(
+                urls, self.env.smoke_user, self.env.smoke_password.get_secret_value(), self.env.allowed_origin
+            ),
+        )
         self.load = self._timed("load", "light profile", lambda: self._load(urls[0]))
         return time.perf_counter() - started
 
     def _checkout(self, dest: Path) -> str:
         _run(["git", "clone", "--quiet", "--no-checkout", "--", self.env.app_repo, str(dest)], "git clone", timeout=300)
-        commit = _run(["git", "rev-parse", "--verify", "--end-of-options", f"{self.git_ref}^{{commit}}"],
-                      "git rev-parse", cwd=dest).stdout.strip()
-        _run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit], "git checkout",
-             cwd=dest)
+        commit = _run(
+            ["git", "rev-parse", "--verify", "--end-of-options", f"{self.git_ref}^{{commit}}"],
+            "git rev-parse",
+            cwd=dest,
+        ).stdout.strip()
+        _run(
+            ["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit],
+            "git checkout",
+            cwd=dest,
+        )
         return commit
 
     def _push(self) -> str:
         digest = None
-        for event in self.builder.images.push(self.repository, tag=self.tag, stream=True, decode=True,
-                                              auth_config=self.env.registry.auth_config()):
+        for event in self.builder.images.push(
+            self.repository, tag=self.tag, stream=True, decode=True, auth_config=self.env.registry.auth_config()
+        ):
             if "error" in event:
                 raise BareStepFailed(f"docker push: {event['error']}")
             digest = (event.get("aux") or {}).get("Digest", digest)
@@ -222,8 +288,16 @@ class BareDeploy:
             raise BareStepFailed(f"--version printed {output!r}")
 
     def _container(self, image: str, args: list[str], name: str, env: dict) -> object:
-        container = self.docker.containers.run(image, command=args, name=name, detach=True, network_mode="host",
-                                               environment=env, labels={LABEL: str(os.getpid())}, read_only=True)
+        container = self.docker.containers.run(
+            image,
+            command=args,
+            name=name,
+            detach=True,
+            network_mode="host",
+            environment=env,
+            labels={LABEL: str(os.getpid())},
+            read_only=True,
+        )
         self.started.append(container)
         return container
 
@@ -235,8 +309,14 @@ class BareDeploy:
         if code != 0:
             raise BareStepFailed(f"{' '.join(args)} exited {code}: {logs[-500:]}")
         if args[1] == "status":
-            self.notes["migrate status"] = next((json.loads(line) for line in reversed(logs.splitlines())
-                                                 if line.startswith("{") and '"current"' in line), {})
+            self.notes["migrate status"] = next(
+                (
+                    json.loads(line)
+                    for line in reversed(logs.splitlines())
+                    if line.startswith("{") and '"current"' in line
+                ),
+                {},
+            )
         return logs
 
     def _start_replica(self, image: str, port: int, kind: str):
@@ -287,9 +367,13 @@ class BareDeploy:
 
     def _load(self, url: str) -> ProfileRun:
         profile = profiles_from_targets(self.env.performance, self.load_duration_s, 2.0)["light"]
-        generator = GeneratorConfig(base_url=url, mix=API_MIX, username=self.env.smoke_user,
-                                    password=self.env.smoke_password.get_secret_value(),
-                                    slot_s=max(0.5, profile.duration_s / 150))
+        generator = GeneratorConfig(
+            base_url=url,
+            mix=API_MIX,
+            username=self.env.smoke_user,
+            password=self.env.smoke_password.get_secret_value(),
+            slot_s=max(0.5, profile.duration_s / 150),
+        )
         return run_profile(generator, profile)
 
 
@@ -329,8 +413,15 @@ def smoke_requests(urls: list[str], user: str, password: str, origin: str) -> in
             own.headers["Cookie"] = f"session={login_token(call(own, 'POST', '/api/v1/auth/login', 200, json=creds))}"
             call(own, "POST", "/api/v1/auth/logout", 200, 204)
             call(own, "GET", "/api/v1/auth/me", 401)
-        event = lambda **payload: str(call(s, "POST", "/api/v1/events", 201, json={
-            "type": "smoke.check", "source": f"smoke-{tag}", "payload": payload or {"run": tag}}).json()["id"])
+        event = lambda **payload: str(
+            call(
+                s,
+                "POST",
+                "/api/v1/events",
+                201,
+                json={"type": "smoke.check", "source": f"smoke-{tag}", "payload": payload or {"run": tag}},
+            ).json()["id"]
+        )
         created = [event() for _ in range(3)]
         call(s, "GET", "/api/v1/events", 200, params={"limit": 2, "offset": 0})
         call(s, "GET", "/api/v1/events", 200, params={"limit": 1, "offset": 1})
@@ -349,8 +440,11 @@ def smoke_requests(urls: list[str], user: str, password: str, origin: str) -> in
         for _ in range(2):
             report_error(f"smoke-agg-{tag}")
         call(s, "GET", "/api/v1/errors/aggregate", 200)
-        note = str(call(s, "POST", "/api/v1/notifications", 201, json={"title": f"smoke {tag}", "body": "smoke probe"}
-                        ).json()["id"])
+        note = str(
+            call(s, "POST", "/api/v1/notifications", 201, json={"title": f"smoke {tag}", "body": "smoke probe"}).json()[
+                "id"
+            ]
+        )
         call(s, "GET", "/api/v1/notifications", 200, params={"limit": 100})
         call(s, "POST", f"/api/v1/notifications/{note}/read", 200, 204)
         call(s, "GET", "/api/v1/notifications", 200, params={"limit": 100})
@@ -368,12 +462,24 @@ def smoke_requests(urls: list[str], user: str, password: str, origin: str) -> in
             call(s, "OPTIONS", "/api/v1/events", headers={"Origin": allowed, "Access-Control-Request-Method": "POST"})
         json_body = {"Content-Type": "application/json"}
         call(s, "POST", "/api/v1/events", 400, content=b'{"type": "smoke", ', headers=json_body)
-        call(s, "POST", "/api/v1/events", 400, 413, headers=json_body,
-             content=json.dumps({"type": "smoke", "payload": {"pad": "x" * 70_000}}).encode())
+        call(
+            s,
+            "POST",
+            "/api/v1/events",
+            400,
+            413,
+            headers=json_body,
+            content=json.dumps({"type": "smoke", "payload": {"pad": "x" * 70_000}}).encode(),
+        )
         probe = "' OR 1=1 --"
         call(s, "GET", "/api/v1/events", 200, params={"limit": 1})
-        created.append(str(call(s, "POST", "/api/v1/events", 201, json={
-            "type": probe, "source": f"smoke-{tag}", "payload": {}}).json()["id"]))
+        created.append(
+            str(
+                call(
+                    s, "POST", "/api/v1/events", 201, json={"type": probe, "source": f"smoke-{tag}", "payload": {}}
+                ).json()["id"]
+            )
+        )
         call(s, "GET", "/api/v1/events", params={"limit": "1;DROP TABLE events"})
         call(s, "GET", "/api/v1/events", params={"severity": probe, "type": probe, "limit": 1})
         call(s, "GET", f"/api/v1/events/{probe}")

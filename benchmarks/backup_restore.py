@@ -47,12 +47,16 @@ def superuser(dbname: str = "postgres") -> psycopg.Connection:
 def build(database: PostgresDatabase, size_gb: float) -> int:
     """The app's schema (migrations 1-2) and about ``size_gb`` GiB of events; returns pg_database_size."""
     with database.connect() as conn:
-        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                     " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
         for version, name in ((1, "init"), (2, "domain")):
             conn.execute(next(MIGRATIONS.glob(f"{version:03d}_*.up.sql")).read_text())
             conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
-        conn.execute("INSERT INTO users (username, password_hash) SELECT 'user' || g, md5(g::text) FROM generate_series(1, 1000) g")
+        conn.execute(
+            "INSERT INTO users (username, password_hash) SELECT 'user' || g, md5(g::text) FROM generate_series(1, 1000) g"
+        )
         # ~200 bytes of heap and indexes per event: 5.6M rows per GiB.
         rows = int(size_gb * 5_600_000)
         started = time.monotonic()
@@ -60,9 +64,14 @@ def build(database: PostgresDatabase, size_gb: float) -> int:
         conn.execute(
             "INSERT INTO events (type, source, payload, created_at) SELECT 'type' || g %% 13, 'bench-' || g %% 97,"
             " jsonb_build_object('n', g, 'user', g %% 1000, 'path', '/api/v1/events/' || g, 'ok', g %% 5 <> 0),"
-            " now() - g * interval '1 second' FROM generate_series(1, %s) g", (rows,))
-        conn.execute("INSERT INTO errors (kind, message, stack) SELECT 'E' || g %% 17, 'failure ' || g, repeat('at x\n', g %% 9)"
-                     " FROM generate_series(1, %s) g", (rows // 20,))
+            " now() - g * interval '1 second' FROM generate_series(1, %s) g",
+            (rows,),
+        )
+        conn.execute(
+            "INSERT INTO errors (kind, message, stack) SELECT 'E' || g %% 17, 'failure ' || g, repeat('at x\n', g %% 9)"
+            " FROM generate_series(1, %s) g",
+            (rows // 20,),
+        )
         conn.execute("VACUUM ANALYZE")
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     print(f"built {rows:,} events in {time.monotonic() - started:.0f}s: database {size / 2**30:.2f} GiB", flush=True)
@@ -76,17 +85,32 @@ def timed(fn) -> float:
 
 
 def bare_dump(database: PostgresDatabase, path: Path) -> None:
-    subprocess.run([database.pg_tool("pg_dump", 15), "--format=custom", "--no-password", f"--file={path}"],
-                   env=database.tool_env(), check=True)
+    subprocess.run(
+        [database.pg_tool("pg_dump", 15), "--format=custom", "--no-password", f"--file={path}"],
+        env=database.tool_env(),
+        check=True,
+    )
 
 
 def bare_restore(database: PostgresDatabase, path: Path, tuned: bool = False) -> None:
     env = database.tool_env()
     if tuned:  # the same maintenance_work_mem the pipeline's restore session sets
         env["PGOPTIONS"] += f" -c maintenance_work_mem={database.restore_maintenance_work_mem_mb}MB"
-    subprocess.run([database.pg_tool("pg_restore", 15), "--clean", "--if-exists", "--no-owner", "--single-transaction",
-                    "--exit-on-error", "--no-password", f"--dbname={database.dbname}", str(path)],
-                   env=env, check=True)
+    subprocess.run(
+        [
+            database.pg_tool("pg_restore", 15),
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--single-transaction",
+            "--exit-on-error",
+            "--no-password",
+            f"--dbname={database.dbname}",
+            str(path),
+        ],
+        env=env,
+        check=True,
+    )
 
 
 def main() -> None:
@@ -99,13 +123,27 @@ def main() -> None:
     name = f"architect_bench_{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="backup-bench-"))
     with superuser() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(config.PG_USER)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(config.PG_USER))
+        )
     database = PostgresDatabase(
-        host=config.HOST, port=config.PG_PRIMARY_PORT, replica_host=config.HOST, replica_port=config.PG_REPLICA_PORT,
-        dbname=name, user=config.PG_USER, password=config.load_secrets()["architect_db_password"], sslmode="disable",
-        backup_storage=LocalFileSystem(basepath=str(workdir / "pipeline")))
-    times: dict[str, list[float]] = {"pipeline backup": [], "bare pg_dump": [], "pipeline restore": [],
-                                     "bare pg_restore": [], "bare pg_restore mwm": []}
+        host=config.HOST,
+        port=config.PG_PRIMARY_PORT,
+        replica_host=config.HOST,
+        replica_port=config.PG_REPLICA_PORT,
+        dbname=name,
+        user=config.PG_USER,
+        password=config.load_secrets()["architect_db_password"],
+        sslmode="disable",
+        backup_storage=LocalFileSystem(basepath=str(workdir / "pipeline")),
+    )
+    times: dict[str, list[float]] = {
+        "pipeline backup": [],
+        "bare pg_dump": [],
+        "pipeline restore": [],
+        "bare pg_restore": [],
+        "bare pg_restore mwm": [],
+    }
     try:
         size = build(database, args.size_gb)
         bare_file = workdir / "bare.dump"
@@ -123,24 +161,35 @@ def main() -> None:
                 for label, step in steps if rep % 2 == 0 else steps[::-1]:
                     times[label].append(timed(step))
                     print(f"rep {rep + 1} {label}: {times[label][-1]:.1f}s", flush=True)
-                steps = [("pipeline restore", lambda: restore.restore_database(database, backup)),
-                         ("bare pg_restore", lambda: bare_restore(database, bare_file)),
-                         ("bare pg_restore mwm", lambda: bare_restore(database, bare_file, tuned=True))]
+                steps = [
+                    ("pipeline restore", lambda: restore.restore_database(database, backup)),
+                    ("bare pg_restore", lambda: bare_restore(database, bare_file)),
+                    ("bare pg_restore mwm", lambda: bare_restore(database, bare_file, tuned=True)),
+                ]
                 for label, step in steps if rep % 2 == 1 else steps[::-1]:
                     times[label].append(timed(step))
                     print(f"rep {rep + 1} {label}: {times[label][-1]:.1f}s", flush=True)
             dump_size = backup.size_bytes
-            print(f"\ndatabase {size / 2**20:,.0f} MiB, dump {dump_size / 2**20:,.0f} MiB (bare {bare_file.stat().st_size / 2**20:,.0f} MiB)")
+            print(
+                f"\ndatabase {size / 2**20:,.0f} MiB, dump {dump_size / 2**20:,.0f} MiB (bare {bare_file.stat().st_size / 2**20:,.0f} MiB)"
+            )
             for label, values in times.items():
                 median = statistics.median(values)
-                print(f"{label:17s} median {median:6.1f}s  ({', '.join(f'{v:.1f}' for v in values)})  "
-                      f"{size / 1e6 / median:6.1f} MB/s of database, {dump_size / 1e6 / median:5.1f} MB/s of dump")
+                print(
+                    f"{label:17s} median {median:6.1f}s  ({', '.join(f'{v:.1f}' for v in values)})  "
+                    f"{size / 1e6 / median:6.1f} MB/s of database, {dump_size / 1e6 / median:5.1f} MB/s of dump"
+                )
             print(f"load average during the run: {os.getloadavg()}  (2 CPUs shared with the rest of the sandbox)")
-            for step, bare in (("pipeline backup", "bare pg_dump"), ("pipeline restore", "bare pg_restore"),
-                               ("pipeline restore", "bare pg_restore mwm")):
+            for step, bare in (
+                ("pipeline backup", "bare pg_dump"),
+                ("pipeline restore", "bare pg_restore"),
+                ("pipeline restore", "bare pg_restore mwm"),
+            ):
                 ratio = statistics.median(times[step]) / statistics.median(times[bare])
-                paired = statistics.median(p / b for p, b in zip(times[step], times[bare]))
-                print(f"ratio {step} / {bare}: {ratio:.3f} of medians, {paired:.3f} median of paired runs (target <= 1.10)")
+                paired = statistics.median(p / b for p, b in zip(times[step], times[bare], strict=False))
+                print(
+                    f"ratio {step} / {bare}: {ratio:.3f} of medians, {paired:.3f} median of paired runs (target <= 1.10)"
+                )
 
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             session()

@@ -78,17 +78,61 @@ def private_nginx(d: Path) -> tuple[subprocess.Popen, str, Path]:
     """nginx with /static-ok on a free port, TLS from a CA made here."""
     (d / "tmp").mkdir()
     run = lambda *args: subprocess.run(list(args), check=True, capture_output=True, cwd=d)  # noqa: E731
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bench CA",
-        "-keyout", "ca.key", "-out", "ca.crt")
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "leaf.key",
-        "-out", "leaf.csr")
+    run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=bench CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    run(
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    )
     (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "1", "-extfile", "ext.cnf", "-out", "leaf.crt")
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "leaf.crt",
+    )
     port = free_port()
     (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
-    proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"https://localhost:{port}/static-ok"
     for _ in range(50):
         if answers(url, d / "ca.crt"):
@@ -103,22 +147,32 @@ def to_ms(value: str, unit: str) -> float:
 
 
 def wrk(url: str, seconds: int) -> float:
-    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", url], capture_output=True, text=True,
-                         timeout=seconds + 30, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", "-c64", f"-d{seconds}s", url], capture_output=True, text=True, timeout=seconds + 30, check=True
+    ).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
 def hey(url: str, rate: int, seconds: int, workers: int = 50) -> tuple[float, float, float]:
-    out = subprocess.run(["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", str(rate // workers), url],
-                         capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    out = subprocess.run(
+        ["hey", "-z", f"{seconds}s", "-c", str(workers), "-q", str(rate // workers), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
     pct = {int(p): to_ms(v, "secs") for p, v in re.findall(r"(\d+)%% in ([\d.]+) secs".replace("%%", "%"), out)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return rps, pct[50], pct[99]
 
 
 def ours(url: str, ca: Path, rate: float, seconds: float, processes: int, timeout_s: float = 5.0):
-    config = GeneratorConfig(base_url=url.rsplit("/", 1)[0], mix=static_mix("/" + url.rsplit("/", 1)[1]),
-                             ca_file=str(ca), timeout_s=timeout_s)
+    config = GeneratorConfig(
+        base_url=url.rsplit("/", 1)[0],
+        mix=static_mix("/" + url.rsplit("/", 1)[1]),
+        ca_file=str(ca),
+        timeout_s=timeout_s,
+    )
     return run_profile(config, LoadProfile("bench", rate, seconds, 1.0), processes=processes)
 
 
@@ -137,16 +191,20 @@ def main() -> None:
     if not answers(url, ca):
         nginx, url, ca = private_nginx(Path(tmp.name))
         print(f"{args.url} does not answer: using a private nginx at {url}")
-    print(f"endpoint {url}, {args.seconds} s per run, load average {os.getloadavg()[0]:.2f} on "
-          f"{os.cpu_count()} cores (other work on the machine makes every generator late)\n")
+    print(
+        f"endpoint {url}, {args.seconds} s per run, load average {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} cores (other work on the machine makes every generator late)\n"
+    )
     try:
         print("== saturation (achieved req/s)")
         native = wrk(url, args.seconds)
         print(f"wrk -t2 -c64                 {native:10.0f}")
         for procs in (1, 2):
             run = ours(url, ca, 8000 * procs, args.seconds, procs, timeout_s=1.0)
-            print(f"pipeline, {procs} process(es)      {run.throughput_rps:10.0f}   ratio to wrk "
-                  f"{run.throughput_rps / native:.3f}   (saturation flagged: {bool(run.saturation)})")
+            print(
+                f"pipeline, {procs} process(es)      {run.throughput_rps:10.0f}   ratio to wrk "
+                f"{run.throughput_rps / native:.3f}   (saturation flagged: {bool(run.saturation)})"
+            )
         print("\n== fixed rate: P50 / P99 (ms)")
         verdicts = []
         for rate, procs in ((1000, 1), (2000, 2)):
@@ -160,12 +218,16 @@ def main() -> None:
             close = abs(p50 - h50) <= 5 and p99 - h99 <= 5
             verdicts.append(held and close)
             print(f"{rate} req/s  hey (-c50 -q{rate // 50}) {h_rps:7.0f} req/s  P50 {h50:6.2f}  P99 {h99:6.2f}")
-            print(f"{rate} req/s  pipeline ({procs} proc)  {run.throughput_rps:7.0f} req/s  P50 {p50:6.2f}  "
-                  f"P99 {p99:6.2f}  max {run.latency.max_s * 1000:6.1f}  send-lag p99 "
-                  f"{run.lag.percentile(99) * 1000:5.2f}  cpu {cpu}  errors {run.error_count}")
-            print(f"   held: {held}{'' if held else ' ' + '; '.join(run.saturation)}   "
-                  f"vs hey: P50 {p50 - h50:+.2f}  P99 {p99 - h99:+.2f} ms -> {'OK' if close else 'MISS'} "
-                  f"(two-sided within 5 ms: {abs(p50 - h50) <= 5 and abs(p99 - h99) <= 5})")
+            print(
+                f"{rate} req/s  pipeline ({procs} proc)  {run.throughput_rps:7.0f} req/s  P50 {p50:6.2f}  "
+                f"P99 {p99:6.2f}  max {run.latency.max_s * 1000:6.1f}  send-lag p99 "
+                f"{run.lag.percentile(99) * 1000:5.2f}  cpu {cpu}  errors {run.error_count}"
+            )
+            print(
+                f"   held: {held}{'' if held else ' ' + '; '.join(run.saturation)}   "
+                f"vs hey: P50 {p50 - h50:+.2f}  P99 {p99 - h99:+.2f} ms -> {'OK' if close else 'MISS'} "
+                f"(two-sided within 5 ms: {abs(p50 - h50) <= 5 and abs(p99 - h99) <= 5})"
+            )
         print(f"\ntargets met: {all(verdicts)}   (load average now {os.getloadavg()[0]:.2f})")
     finally:
         if nginx:

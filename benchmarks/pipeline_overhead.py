@@ -49,8 +49,11 @@ RETRY_WAIT_S = 60  # the sandbox is shared: a service may be down for a few seco
 def read_table(flow_run_id, key: str) -> list[dict]:
     """The rows of the run's newest table artifact ``key`` ([] when it has none)."""
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
     if not found:
         return []
     data = max(found, key=lambda a: a.created).data
@@ -68,9 +71,15 @@ def run_flow(env: StagingEnvironment, args) -> dict:
     old = len(flow_replicas(docker.DockerClient(base_url=env.target.docker_host, timeout=60)))
     schema_before = schema_version(env)
     started = time.perf_counter()
-    state = staging_deploy(git_ref=args.git_ref, version=args.version, environment=args.environment,
-                           skip_signoff=True, load_profiles=["light"], load_duration_s=args.load_duration,
-                           return_state=True)
+    state = staging_deploy(
+        git_ref=args.git_ref,
+        version=args.version,
+        environment=args.environment,
+        skip_signoff=True,
+        load_profiles=["light"],
+        load_duration_s=args.load_duration,
+        return_state=True,
+    )
     total = time.perf_counter() - started
     if not state.is_completed():
         raise RuntimeError(f"the flow run ended {state.name}: {state.message}")
@@ -79,11 +88,16 @@ def run_flow(env: StagingEnvironment, args) -> dict:
     lock = next((r["detail"] for r in read_table(run_id, "preflight") if r.get("check") == "deploy lock"), "")
     waited = re.search(r"taken after ([\d.]+) s", lock)
     load = (read_table(run_id, "load-test-results") or [{}])[0]
-    return {"total": total, "stages": stages, "steps": {}, "lock_wait": float(waited.group(1)) if waited else 0.0,
-            "load": f"{load.get('requests', '?')} requests, {load.get('served req/s', '?')} req/s served, "
-                    f"p99 {load.get('p99 ms', '?')} ms, errors {load.get('errors', '?')} (nginx, TLS)",
-            "notes": f"flow run {run_id}; old replicas replaced {old}; schema of the staging database "
-                     f"{schema_before} -> {schema_version(env)}"}
+    return {
+        "total": total,
+        "stages": stages,
+        "steps": {},
+        "lock_wait": float(waited.group(1)) if waited else 0.0,
+        "load": f"{load.get('requests', '?')} requests, {load.get('served req/s', '?')} req/s served, "
+        f"p99 {load.get('p99 ms', '?')} ms, errors {load.get('errors', '?')} (nginx, TLS)",
+        "notes": f"flow run {run_id}; old replicas replaced {old}; schema of the staging database "
+        f"{schema_before} -> {schema_version(env)}",
+    }
 
 
 def run_bare(env: StagingEnvironment, args) -> dict:
@@ -96,17 +110,25 @@ def run_bare(env: StagingEnvironment, args) -> dict:
             stages[stage] = stages.get(stage, 0.0) + seconds
         run, notes = bare.load, bare.notes
         status = notes.get("migrate status", {})
-        return {"total": total, "stages": stages, "steps": {(s, n): t for s, n, t in bare.steps}, "lock_wait": 0.0,
-                "load": f"{run.requests} requests, {run.throughput_rps:.1f} req/s served, p99 {run.ms(99):.1f} ms, "
-                        f"error rate {run.error_rate:.3%} (one replica, plain HTTP)",
-                "notes": f"old replicas replaced {notes['old replicas']} ({notes.get('old replicas healthy', 0)} "
-                         f"healthy); schema of {SCRATCH_DB} {notes['schema before migrate']} -> "
-                         f"{status.get('current', '?')} (migrate status: expected {status.get('expected', '?')}); "
-                         f"{notes['smoke requests']} smoke requests"}
+        return {
+            "total": total,
+            "stages": stages,
+            "steps": {(s, n): t for s, n, t in bare.steps},
+            "lock_wait": 0.0,
+            "load": f"{run.requests} requests, {run.throughput_rps:.1f} req/s served, p99 {run.ms(99):.1f} ms, "
+            f"error rate {run.error_rate:.3%} (one replica, plain HTTP)",
+            "notes": f"old replicas replaced {notes['old replicas']} ({notes.get('old replicas healthy', 0)} "
+            f"healthy); schema of {SCRATCH_DB} {notes['schema before migrate']} -> "
+            f"{status.get('current', '?')} (migrate status: expected {status.get('expected', '?')}); "
+            f"{notes['smoke requests']} smoke requests",
+        }
     finally:
         problems = bare.teardown()
-        print(f"bare run cleaned up: {len(bare.started)} containers removed, {SCRATCH_DB} dropped"
-              + (f"; PROBLEMS: {problems}" if problems else ""), flush=True)
+        print(
+            f"bare run cleaned up: {len(bare.started)} containers removed, {SCRATCH_DB} dropped"
+            + (f"; PROBLEMS: {problems}" if problems else ""),
+            flush=True,
+        )
 
 
 def attempt(kind: str, env: StagingEnvironment, args) -> dict:
@@ -136,8 +158,10 @@ def fmt(value: float | None) -> str:
 
 def report(results: dict[str, list[dict]], args) -> None:
     flow, bare = results["flow"], results["bare"]
-    print(f"\npipeline overhead: {args.git_ref} ({args.version}) to {args.environment}, light load "
-          f"{args.load_duration:g} s (+2 s warm-up), {args.rounds} round(s){', medians' if args.rounds > 1 else ''}")
+    print(
+        f"\npipeline overhead: {args.git_ref} ({args.version}) to {args.environment}, light load "
+        f"{args.load_duration:g} s (+2 s warm-up), {args.rounds} round(s){', medians' if args.rounds > 1 else ''}"
+    )
     print(f"{'stage / step':34} {'flow s':>8} {'bare s':>8} {'flow/bare':>10}")
     stage_names = list(dict.fromkeys([s for r in flow for s in r["stages"]] + [s for r in bare for s in r["stages"]]))
 
@@ -149,26 +173,40 @@ def report(results: dict[str, list[dict]], args) -> None:
         f = median([r["stages"][stage] for r in flow if stage in r["stages"]])
         b = median([r["stages"][stage] for r in bare if stage in r["stages"]])
         row(stage, f, b, "(flow only)" if stage in FLOW_ONLY else "")
-        for (s, step) in dict.fromkeys(k for r in bare for k in r["steps"]):
+        for s, step in dict.fromkeys(k for r in bare for k in r["steps"]):
             if s == stage:
                 row(f"  {step}", None, median([r["steps"][(s, step)] for r in bare if (s, step) in r["steps"]]))
     outside = lambda r: r["total"] - sum(r["stages"].values())
-    row("outside the stages", median([outside(r) for r in flow]), median([outside(r) for r in bare]),
-        "(flow: deploy lock, run bookkeeping, revision record, Slack; bare: glue)")
+    row(
+        "outside the stages",
+        median([outside(r) for r in flow]),
+        median([outside(r) for r in bare]),
+        "(flow: deploy lock, run bookkeeping, revision record, Slack; bare: glue)",
+    )
     f_total, b_total = median([r["total"] for r in flow]), median([r["total"] for r in bare])
     row("TOTAL wall time", f_total, b_total, "(target <= 1.15)")
     shared = lambda r: r["total"] - r["lock_wait"] - sum(r["stages"].get(s, 0.0) for s in FLOW_ONLY)
-    row("shared steps only", median([shared(r) for r in flow]), b_total,
-        "(flow total minus preflight, metrics and the lock wait)")
+    row(
+        "shared steps only",
+        median([shared(r) for r in flow]),
+        b_total,
+        "(flow total minus preflight, metrics and the lock wait)",
+    )
     print("deploy lock wait (flow): " + ", ".join(f"{r['lock_wait']:.1f}" for r in flow) + " s")
     for kind, runs in (("flow", flow), ("bare", bare)):
         for i, r in enumerate(runs, 1):
-            print(f"{kind} round {i} ({'bare' if i % 2 else 'flow'} first): total {r['total']:.1f} s; load {r['load']}; {r['notes']}")
-    print("remaining differences: the flow reaches the app through nginx over TLS (health, smoke, load); the bare "
-          "run goes to its replicas over plain HTTP and skips the suite's two nginx-only requests (the HTTP->HTTPS "
-          "redirect and the certificate handshake); its load goes to one replica at the same rate")
-    print(f"load average now: {', '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs, "
-          "shared with the whole sandbox)")
+            print(
+                f"{kind} round {i} ({'bare' if i % 2 else 'flow'} first): total {r['total']:.1f} s; load {r['load']}; {r['notes']}"
+            )
+    print(
+        "remaining differences: the flow reaches the app through nginx over TLS (health, smoke, load); the bare "
+        "run goes to its replicas over plain HTTP and skips the suite's two nginx-only requests (the HTTP->HTTPS "
+        "redirect and the certificate handshake); its load goes to one replica at the same rate"
+    )
+    print(
+        f"load average now: {', '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs, "
+        "shared with the whole sandbox)"
+    )
 
 
 def main() -> int:

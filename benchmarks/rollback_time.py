@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -23,7 +23,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-from tests.background_load import BackgroundLoad
+from tests.support.background_load import BackgroundLoad
 
 GOOD = ("v3.1.0", "3.1.0")
 # (release, the stage whose verdict starts the clock)
@@ -42,7 +42,9 @@ def deploy(git_ref: str, version: str):
 def verdict_to_recovered(state, failing_task: str, started: datetime) -> float:
     """Seconds from the failing task's end to the rollback subflow's end."""
     with get_client(sync_client=True) as client:
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
         verdict = max(t.end_time for t in tasks if t.task_key.startswith(failing_task) and t.end_time)
         rollbacks = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["rollback"])),
@@ -58,13 +60,13 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        for (release, failing_task) in BAD:
+        for release, failing_task in BAD:
             times, failed, sent = [], 0, 0
             for _ in range(args.runs):
                 if not deploy(*GOOD).is_completed():
                     print("could not deploy the good release first", file=sys.stderr)
                     return 1
-                started = datetime.now(timezone.utc)
+                started = datetime.now(UTC)
                 with BackgroundLoad(rate=50, max_seconds=300) as load:
                     state = deploy(*release)
                 assert state.is_failed(), state.message

@@ -4,31 +4,94 @@ from __future__ import annotations
 
 import re
 import ssl
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from prefect.blocks.core import Block
 from prefect.blocks.fields import SecretDict
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from blocks.approvers import Approver, Role, check_approvers, check_receiver_key  # noqa: F401  (Role: its old home)
 from blocks.database import PostgresDatabase
 from blocks.docker.target import DockerTarget
 from blocks.kubernetes.target import KubernetesTarget
 from blocks.registry import ImageRegistry
 from blocks.slack import SlackChannel
 from blocks.validation import (
-    CONTROL_CHARACTERS, check_docker_host, check_env_names, check_plain_url, check_text, reject_unknown_fields,
+    check_docker_host,
+    check_env_names,
+    check_plain_url,
+    check_text,
+    reject_unknown_fields,
 )
 
 
-class Role(StrEnum):
-    """The four leads who sign a release off (the guide's Sign-Off section)."""
+class BaselineTolerance(BaseModel):
+    """How much worse than the live release one measurement may be before it counts as a regression.
 
-    ENGINEERING = "engineering"
-    DEVOPS = "devops"
-    SECURITY = "security"
-    PRODUCT = "product"
+    A regression must exceed BOTH margins: ``relative`` (a share of the baseline) and ``absolute`` (in the
+    measurement's unit), so a 2 ms -> 3 ms jitter (+50 %) is not one, nor is 400 -> 404 ms (+4 ms).
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    relative: float = Field(ge=0, le=10, description="Allowed increase as a share of the baseline (0.2 = +20 %)")
+    absolute: float = Field(ge=0, description="Allowed increase in the measurement's unit (ms, or a ratio)")
+
+    def allowed(self, baseline: float) -> float:
+        """The largest value that is not a regression against ``baseline``."""
+        return baseline + max(abs(baseline) * self.relative, self.absolute)
+
+    def describe(self, unit: str = "") -> str:
+        if unit == "ratio":
+            return (
+                f"+{self.relative:.0%} and +{self.absolute * 100:g} points"
+                if self.relative
+                else f"+{self.absolute * 100:g} points"
+            )
+        return f"+{self.relative:.0%} and +{self.absolute:g}{(' ' + unit) if unit else ''}"
+
+
+class BaselineTolerances(BaseModel):
+    """Per measurement, how far a release may fall behind the one it replaces (metrics and load gates)."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    p50_ms: BaselineTolerance = Field(
+        default_factory=lambda: BaselineTolerance(relative=0.25, absolute=5), description="P50 latency"
+    )
+    p95_ms: BaselineTolerance = Field(
+        default_factory=lambda: BaselineTolerance(relative=0.20, absolute=5), description="P95 latency"
+    )
+    p99_ms: BaselineTolerance = Field(
+        default_factory=lambda: BaselineTolerance(relative=0.25, absolute=10), description="P99 latency"
+    )
+    error_rate: BaselineTolerance = Field(
+        default_factory=lambda: BaselineTolerance(relative=0, absolute=0.002),
+        description="Error ratio (0.002 = +0.2 points)",
+    )
+    db_connections: BaselineTolerance = Field(
+        default_factory=lambda: BaselineTolerance(relative=0.25, absolute=0.10),
+        description="Peak share of the database pool in use",
+    )
+    significance: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description=(
+            "Mann-Whitney U: a latency regression counts only if the candidate's distribution is slower "
+            "with a one-sided p-value below this (when both samples are large enough to test)"
+        ),
+    )
+    large_effect: float = Field(
+        0.71,
+        gt=0.5,
+        lt=1,
+        description=(
+            "...and only if a candidate request is slower than a baseline one at least this often (Vargha and "
+            "Delaney's A; 0.71 is a large effect): a busy machine shifts a distribution significantly but a little"
+        ),
+    )
 
 
 class PerformanceTargets(BaseModel):
@@ -49,9 +112,13 @@ class PerformanceTargets(BaseModel):
     cpu_max: float = Field(0.70, gt=0, le=1, description="Sustained CPU share")
     memory_max: float = Field(0.80, gt=0, le=1, description="Sustained memory share")
     db_connections_max: float = Field(0.80, gt=0, le=1, description="Share of the DB pool in use")
+    baseline: BaselineTolerances = Field(
+        default_factory=BaselineTolerances,
+        description="How much worse than the live release each measurement may be (judged besides the targets)",
+    )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "PerformanceTargets":
+    def _ordered(self) -> PerformanceTargets:
         if not self.p50_ms <= self.p95_ms <= self.p99_ms <= self.max_ms:
             raise ValueError("latency targets must satisfy p50 <= p95 <= p99 <= max")
         if not self.min_rps <= self.target_rps <= self.peak_rps:
@@ -72,15 +139,21 @@ class StagingEnvironment(Block):
     )
 
     kind: Literal["sandbox", "staging"] = Field(
-        "staging", description="'sandbox' is the local one-machine environment; only it may skip sign-off"
+        "staging",
+        description="'sandbox' is the local one-machine environment (whether a run may skip sign-off is "
+        "the worker's setting ARCHITECT_ALLOW_SKIP_SIGNOFF, never a field of this block)",
     )
     app_repo: str = Field(description="Git URL or path of the app's source repository")
     api_url: AnyHttpUrl = Field(description="Load-balanced HTTPS URL of the API, e.g. https://staging-api.example")
     api_http_url: AnyHttpUrl | None = Field(
         None, description="Plain-HTTP URL of the same load balancer; the smoke suite checks it redirects to HTTPS"
     )
-    ca_bundle: str | None = Field(None, description="PEM file of the CA to trust for api_url; empty for the system store")
-    target: DockerTarget | KubernetesTarget = Field(description="Where replicas run: one Docker engine or a Kubernetes cluster")
+    ca_bundle: str | None = Field(
+        None, description="PEM file of the CA to trust for api_url; empty for the system store"
+    )
+    target: DockerTarget | KubernetesTarget = Field(
+        description="Where replicas run: one Docker engine or a Kubernetes cluster"
+    )
     builder_docker_host: str = Field(
         "unix:///var/run/docker.sock", description="Docker engine that builds, pushes and verifies images"
     )
@@ -89,8 +162,14 @@ class StagingEnvironment(Block):
     prometheus_url: AnyHttpUrl = Field(description="Prometheus base URL, e.g. http://127.0.0.1:9090")
     slack: SlackChannel | None = Field(None, description="Where deploy notifications go; empty for none")
     performance: PerformanceTargets = Field(default_factory=PerformanceTargets)
-    approvers: dict[Role, list[str]] = Field(
-        default_factory=dict, description="Who may sign off for each role (names as they type them)"
+    approvers: dict[Role, list[Approver]] = Field(
+        default_factory=dict,
+        description="The leads who may sign off for each role: name, Slack user id, SSH keys (allowed_signers lines)",
+    )
+    signoff_receiver_key: str | None = Field(
+        None,
+        description="Public key (ed25519:BASE64) of the sign-off receiver: Slack sign-offs count only with its "
+        "signature; empty for no Slack buttons",
     )
     app_settings: dict[str, str] = Field(default_factory=dict, description="Non-secret app environment variables")
     app_secrets: SecretDict = Field(
@@ -103,7 +182,7 @@ class StagingEnvironment(Block):
     )
     load_profiles: list[Literal["light", "medium", "heavy", "sustained"]] = Field(
         default_factory=lambda: ["light", "medium", "heavy"],
-        description="Load profiles a run uses unless it names its own (a 2-core sandbox cannot generate 'heavy' honestly)",
+        description="Load profiles a run uses unless it names its own (a 2-core sandbox cannot offer 'heavy')",
     )
     rollout_timeout_s: float = Field(300, gt=0, le=3600, description="Deadline for a rollout or an undo")
     health_timeout_s: float = Field(60, gt=0, le=3600, description="Deadline for the health gate")
@@ -127,22 +206,19 @@ class StagingEnvironment(Block):
         check_env_names(value.get_secret_value())
         return value
 
-    @field_validator("approvers")
-    @classmethod
-    def _no_blank_approvers(cls, value: dict[Role, list[str]]) -> dict[Role, list[str]]:
-        for role, names in value.items():
-            if any(not name.strip() for name in names):
-                raise ValueError(f"approvers for {role.value} contain an empty name")
-            # What the sign-off form accepts (tasks.signoff.approval.SignOffInput.name): anyone else could never sign.
-            if any(len(name) > 100 or CONTROL_CHARACTERS.search(name) for name in names):
-                raise ValueError(f"approvers for {role.value}: names are at most 100 characters, without control characters")
-        return value
+    _validate_approvers = field_validator("approvers")(check_approvers)
+    _validate_receiver_key = field_validator("signoff_receiver_key")(check_receiver_key)
 
     def ssl_context(self) -> ssl.SSLContext:
         """TLS verification for the API: the configured CA, never verification turned off."""
         if self.ca_bundle:
             return ssl.create_default_context(cafile=str(Path(self.ca_bundle).expanduser()))
         return ssl.create_default_context()
+
+    def builder_target(self) -> DockerTarget:
+        """The build engine as a deploy target, for one-offs that must not touch the real target
+        (a dry run's ``migrate status``): it writes no Secret and starts no replica there."""
+        return DockerTarget(docker_host=self.builder_docker_host)
 
     def app_environment(self) -> dict[str, str]:
         """Everything the app's processes get as environment (holds secrets: never log it)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import httpx
-from pydantic import Field, SecretStr, field_validator, model_validator
 from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from blocks.validation import check_host_port, check_name, check_text, reject_unknown_fields
+from tasks.core.http_errors import http_errors
+from tasks.core.net import is_loopback_host
 
 
 class ImageRegistry(Block):
@@ -28,8 +30,8 @@ class ImageRegistry(Block):
     _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
     @model_validator(mode="after")
-    def _tls_off_loopback(self) -> "ImageRegistry":
-        if not self.use_tls and self.address.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+    def _tls_off_loopback(self) -> ImageRegistry:
+        if not self.use_tls and not is_loopback_host(self.address.rsplit(":", 1)[0]):
             raise ValueError(f"use_tls: plain HTTP to {self.address} is only allowed on loopback")
         return self
 
@@ -48,6 +50,6 @@ class ImageRegistry(Block):
     def check_reachable(self, timeout_s: float = 5.0) -> str:
         scheme = "https" if self.use_tls else "http"
         auth = (self.username, self.password.get_secret_value()) if self.username and self.password else None
-        response = httpx.get(f"{scheme}://{self.address}/v2/", auth=auth, timeout=timeout_s)
-        response.raise_for_status()
+        with http_errors(f"registry {self.address}"):
+            httpx.get(f"{scheme}://{self.address}/v2/", auth=auth, timeout=timeout_s).raise_for_status()
         return f"registry {self.address} answers /v2/"

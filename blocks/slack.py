@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from prefect.blocks.core import Block
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from slack_sdk import WebClient
 
 from blocks.validation import check_plain_url, reject_unknown_fields

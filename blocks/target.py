@@ -2,8 +2,10 @@
 
 A target runs replicas of one app: it rolls a new image out and waits for it, undoes to
 an earlier revision, lists its revisions, runs one-off commands from an image (migrations),
-and hands out recent logs. ``DockerTarget`` and ``KubernetesTarget`` implement it; the flow
-only ever sees this interface.
+and hands out recent logs. The work is done by the target's engine (``TargetEngine``); the
+block (``DeployTarget``) holds the settings and hands its engine out, and offers the same
+operations by asking a fresh engine, so a flow or task only ever sees this interface.
+``DockerTarget`` and ``KubernetesTarget`` implement it.
 """
 
 from __future__ import annotations
@@ -18,15 +20,8 @@ from blocks.validation import reject_unknown_fields
 from tasks.core.models import DeployPlan, OneOffResult, Revision, RolloutResult
 
 
-class DeployTarget(Block, abc.ABC):
-    """Abstract base of the deploy targets; not registered itself."""
-
-    _block_schema_capabilities = ["deploy-target"]
-    _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
-
-    def with_checkout(self, repo_dir: str) -> "DeployTarget":
-        """This target reading what it needs (manifests, templates) from an app checkout."""
-        return self
+class TargetEngine(abc.ABC):
+    """What a deploy target does, with the clients its block handed it."""
 
     @abc.abstractmethod
     def check_reachable(self) -> str:
@@ -50,6 +45,7 @@ class DeployTarget(Block, abc.ABC):
 
         Like ``kubectl rollout undo``, the undo is itself a new revision with the old template.
         ``env`` is the app's environment for targets that keep none of their own (Docker).
+        Raises ``NoEarlierRevision`` when there is nothing to go back to.
         """
 
     @abc.abstractmethod
@@ -61,9 +57,7 @@ class DeployTarget(Block, abc.ABC):
         """The revision the target runs now, or None before the first deploy."""
 
     @abc.abstractmethod
-    def run_one_off(
-        self, image: str, args: Sequence[str], env: Mapping[str, str], timeout_s: float
-    ) -> OneOffResult:
+    def run_one_off(self, image: str, args: Sequence[str], env: Mapping[str, str], timeout_s: float) -> OneOffResult:
         """Run ``args`` in a throwaway container or Job from ``image``; always clean it up."""
 
     @abc.abstractmethod
@@ -74,7 +68,56 @@ class DeployTarget(Block, abc.ABC):
     def replica_urls(self) -> list[str]:
         """Base URLs of the running replicas that a check on this machine can reach directly."""
 
+
+class DeployTarget(Block, abc.ABC):
+    """Abstract base of the deploy target blocks; not registered itself.
+
+    Each operation asks a new engine (``engine()``): the block is settings only, and an
+    engine never outlives the call, so a copy with other settings (``with_checkout``) never
+    shares a client with the original.
+    """
+
+    _block_schema_capabilities = ["deploy-target"]
+    _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
+
+    @abc.abstractmethod
+    def engine(self) -> TargetEngine:
+        """The engine that does this target's work, with a client made from these settings."""
+
+    def with_checkout(self, repo_dir: str) -> DeployTarget:
+        """This target reading what it needs (manifests, templates) from an app checkout."""
+        return self
+
     def replicas_to_check(self, rollout: RolloutResult) -> int | None:
         """How many URLs ``replica_urls()`` must list after ``rollout``: one per replica it left
         running. None where the URLs are a configured subset rather than every replica."""
         return len(rollout.replicas)
+
+    # The interface, each operation done by an engine (see TargetEngine for what each does).
+
+    def check_reachable(self) -> str:
+        return self.engine().check_reachable()
+
+    def deploy(self, image: str, version: str, env: Mapping[str, str], timeout_s: float) -> RolloutResult:
+        return self.engine().deploy(image, version, env, timeout_s)
+
+    def plan(self, image: str, version: str, env: Mapping[str, str]) -> DeployPlan:
+        return self.engine().plan(image, version, env)
+
+    def rollback(self, to_revision: int | None, env: Mapping[str, str], timeout_s: float) -> RolloutResult:
+        return self.engine().rollback(to_revision, env, timeout_s)
+
+    def history(self) -> list[Revision]:
+        return self.engine().history()
+
+    def current_revision(self) -> Revision | None:
+        return self.engine().current_revision()
+
+    def run_one_off(self, image: str, args: Sequence[str], env: Mapping[str, str], timeout_s: float) -> OneOffResult:
+        return self.engine().run_one_off(image, args, env, timeout_s)
+
+    def fetch_logs(self, tail: int = 100) -> dict[str, str]:
+        return self.engine().fetch_logs(tail)
+
+    def replica_urls(self) -> list[str]:
+        return self.engine().replica_urls()

@@ -134,6 +134,8 @@ def reject_unknown_fields(cls, values):
             known |= {name, field.alias} - {None}
         unknown = sorted(str(key) for key in values if key not in known)
         if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
-                             f"its fields are {', '.join(cls.model_fields)}")
+            raise ValueError(
+                f"unknown field(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                f"its fields are {', '.join(cls.model_fields)}"
+            )
     return values

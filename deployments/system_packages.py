@@ -48,7 +48,9 @@ def read_list(path: Path = LIST) -> list[Entry]:
 def installed_packages() -> set[str]:
     out = subprocess.run(
         ["dpkg-query", "--show", "--showformat=${Package}\t${db:Status-Abbrev}\n"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return {name for name, _, status in (line.partition("\t") for line in out.splitlines()) if status.startswith("ii")}
 

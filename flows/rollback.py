@@ -9,15 +9,16 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from blocks.environment import StagingEnvironment
-from tasks.gates.health import check_health
+from tasks.core.models import Revision, Verdict
+from tasks.core.stages import Stage
 from tasks.database.backup import BackupResult
 from tasks.database.restore import RestorePolicy, RestoreResult, restore_database, should_restore
+from tasks.gates.health import check_health
 from tasks.release.deploy import roll_back_release
-from tasks.core.models import Revision, Verdict
 
 
 class RollbackReport(BaseModel):
-    failed_stage: str
+    failed_stage: Stage
     reason: str
     rolled_back_to: Revision | None
     app_undone: bool
@@ -41,7 +42,7 @@ class RollbackReport(BaseModel):
 def rollback(
     environment: str,
     previous: Revision | None,
-    failed_stage: str,
+    failed_stage: Stage,
     reason: str,
     backup: BackupResult | None = None,
     restore_policy: RestorePolicy = RestorePolicy.IF_SCHEMA_CHANGED,
@@ -72,7 +73,8 @@ def rollback(
     restored = restore_database(env.database, backup) if decision else None
     database = (
         f"restored from {backup.name} ({restored.rows_discarded} rows written since were discarded)"
-        if restored else f"kept ({decision.reason})"
+        if restored
+        else f"kept ({decision.reason})"
     )
     health = check_health(env, env.target.replica_urls(), env.health_timeout_s, expected) if undo_app else None
     report = RollbackReport(
@@ -85,15 +87,17 @@ def rollback(
         healthy=health is None or health.verdict == Verdict.PASS,
         detail=health.summary() if health else "",
     )
-    discarded = "".join(
-        f"| {d.table} | {d.rows_discarded} |\n" for d in (restored.discarded if restored else [])
-    )
+    discarded = "".join(f"| {d.table} | {d.rows_discarded} |\n" for d in (restored.discarded if restored else []))
     create_markdown_artifact(
         key="rollback-report",
         markdown=(
             f"## Rollback\n\n| | |\n|---|---|\n| failed stage | {failed_stage} |\n| reason | {reason} |\n"
             f"| outcome | {report.summary()} |\n| health | {report.detail} |\n"
-            + (f"\n### Data written since the backup, discarded\n\n| table | rows |\n|---|---|\n{discarded}" if discarded else "")
+            + (
+                f"\n### Data written since the backup, discarded\n\n| table | rows |\n|---|---|\n{discarded}"
+                if discarded
+                else ""
+            )
         ),
         description=f"Rollback after {failed_stage} failed",
     )

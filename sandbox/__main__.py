@@ -4,6 +4,7 @@ Exit codes: 0 all healthy; 1 a service is unhealthy or could not start;
 2 (up only) every service is healthy but a hook (make_app_repo.sh, the blocks
 hook) failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,7 @@ from .procs import SandboxError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox",
-                                     description="Local staging sandbox on 127.0.0.1")
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description="Local staging sandbox on 127.0.0.1")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start everything that is not healthy (idempotent)")
     down = sub.add_parser("down", help="stop what up started; data is kept")
@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(r["healthy"] for r in rows):
         return 1
     if problems:
-        print("[sandbox] servers healthy, but hooks failed:\n  " + "\n  ".join(problems),
-              file=sys.stderr)
+        print("[sandbox] servers healthy, but hooks failed:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     return 0
 

@@ -4,8 +4,10 @@ Other parts of the project (blocks, tests, benchmarks) import this module to fin
 the sandbox: the ports below are a contract, change them only together with
 everything that depends on them.  Nothing here starts or touches a process.
 """
+
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -20,7 +22,7 @@ MONITORING_DIR = REPO_ROOT / "monitoring"
 # All data, logs, PID files and generated configs go under the state directory,
 # so a checkout stays clean and `down --purge` is a single rm -rf.
 STATE_DIR = Path(os.environ.get("SANDBOX_STATE") or (REPO_ROOT / ".sandbox")).resolve()
-RUN_DIR = STATE_DIR / "run"            # our PID files
+RUN_DIR = STATE_DIR / "run"  # our PID files
 LOG_DIR = STATE_DIR / "logs"
 SECRETS_FILE = STATE_DIR / "secrets.json"
 TLS_DIR = STATE_DIR / "tls"
@@ -28,11 +30,11 @@ CA_CERT = TLS_DIR / "ca.crt"
 CA_KEY = TLS_DIR / "ca.key"
 SERVER_CERT = TLS_DIR / "server.crt"
 SERVER_KEY = TLS_DIR / "server.key"
-PG_DIR = STATE_DIR / "pg"              # owned by the postgres OS user
+PG_DIR = STATE_DIR / "pg"  # owned by the postgres OS user
 PG_SOCKET_DIR = PG_DIR / "run"
 PG_PRIMARY_DATA = PG_DIR / "primary"
 PG_REPLICA_DATA = PG_DIR / "replica"
-PG_PREFECT_DATA = PG_DIR / "prefect"     # the Prefect server's own database
+PG_PREFECT_DATA = PG_DIR / "prefect"  # the Prefect server's own database
 REDIS_DIR = STATE_DIR / "redis"
 DOCKER_DATA = STATE_DIR / "docker"
 REGISTRY_DIR = STATE_DIR / "registry"
@@ -43,6 +45,9 @@ SLACK_MESSAGES = SLACK_DIR / "messages.jsonl"
 PREFECT_HOME = STATE_DIR / "prefect"
 PREFECT_ENV_FILE = STATE_DIR / "prefect.env"
 APP_REPO_DIR = STATE_DIR / "app-repo"
+SIGNOFF_DIR = STATE_DIR / "signoff"
+SIGNOFF_RECEIVER_CONFIG = SIGNOFF_DIR / "receiver.json"  # the receiver's secrets (0600)
+SIGNOFF_LEADS_DIR = SIGNOFF_DIR / "leads"  # the sandbox leads' SSH keys (a real lead keeps their own)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -54,12 +59,12 @@ PG_DATABASE = "architect_staging"
 PG_USER = "architect"
 PG_REPLICATION_SLOT = "sandbox_replica"
 PG_PREFECT_PORT = 55434
-PREFECT_DATABASE = "prefect"                  # database and role
+PREFECT_DATABASE = "prefect"  # database and role
 REDIS_PORT = 56379
 DOCKER_SOCKET = Path("/var/run/docker.sock")
 DOCKER_HOST = f"unix://{DOCKER_SOCKET}"
 REGISTRY_PORT = 55000
-REGISTRY = f"{HOST}:{REGISTRY_PORT}"           # image prefix: 127.0.0.1:55000/name:tag
+REGISTRY = f"{HOST}:{REGISTRY_PORT}"  # image prefix: 127.0.0.1:55000/name:tag
 PROMETHEUS_PORT = 59090
 PROMETHEUS_URL = f"http://{HOST}:{PROMETHEUS_PORT}"
 POSTGRES_EXPORTER_PORT = 59187
@@ -73,9 +78,12 @@ APP_REPLICA_PORTS = (18081, 18082, 18083)
 APP_SURGE_PORT = 18084
 APP_SLOT_PORTS = APP_REPLICA_PORTS + (APP_SURGE_PORT,)
 SLACK_PORT = 58090
-SLACK_API_URL = f"http://{HOST}:{SLACK_PORT}/api/"        # slack_sdk WebClient(base_url=...)
+SLACK_API_URL = f"http://{HOST}:{SLACK_PORT}/api/"  # slack_sdk WebClient(base_url=...)
 SLACK_WEBHOOK_URL = f"http://{HOST}:{SLACK_PORT}/services/T0SANDBOX/B0SANDBOX/sandbox"
 SLACK_CONTROL_URL = f"http://{HOST}:{SLACK_PORT}/_standin"
+SIGNOFF_RECEIVER_PORT = 58091
+SIGNOFF_RECEIVER_URL = f"http://{HOST}:{SIGNOFF_RECEIVER_PORT}"
+SLACK_INTERACTIVITY_URL = f"{SIGNOFF_RECEIVER_URL}/slack/interactions"  # the Slack app's "Request URL"
 PREFECT_PORT = 4200
 PREFECT_API_URL = f"http://{HOST}:{PREFECT_PORT}/api"
 PREFECT_WORK_POOL = "sandbox-pool"
@@ -113,6 +121,10 @@ def ensure_secrets() -> dict[str, str]:
         "jwt_secret": lambda: secrets.token_urlsafe(32),
         "encryption_key": lambda: secrets.token_urlsafe(32),
         "smoke_password": lambda: secrets.token_urlsafe(18),
+        # Slack signs its interaction requests with this; the stand-in and the sign-off receiver share it.
+        "slack_signing_secret": lambda: secrets.token_hex(16),
+        # The sign-off receiver's Ed25519 key (its 32-byte seed); only the receiver reads it.
+        "signoff_receiver_key": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
     }
     missing = [key for key in wanted if key not in current]
     if missing:

@@ -4,14 +4,17 @@ A Daemon knows how to render its config, start in the foreground under our PID
 file, prove it is healthy with a real request, and apply a changed config to a
 running process (reload) without restarting it.
 """
+
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -25,12 +28,12 @@ Check = tuple[bool, str]
 class Daemon:
     name: str
     address: str
-    expect: str                                  # substring of /proc/<pid>/cmdline
+    expect: str  # substring of /proc/<pid>/cmdline
     ports: tuple[int, ...]
     argv: Callable[[], list[str]]
     check: Callable[[], Check]
     prepare: Callable[[], bool] = lambda: False  # render configs; True if changed
-    refresh: Callable[[], None] | None = None    # apply changed config while running
+    refresh: Callable[[], None] | None = None  # apply changed config while running
     env: Callable[[], dict[str, str]] = dict
     cwd: Path | None = None
     reset_sigint: bool = False
@@ -54,12 +57,11 @@ class Daemon:
         if self.running() is None and not self.healthy():
             self._spawn()
             self._kicked = True
-            self._changed = False   # a fresh process reads the current config anyway
+            self._changed = False  # a fresh process reads the current config anyway
 
     def _spawn(self) -> None:
         procs.ensure_ports_free(self.name, self.ports)
-        procs.spawn(self.name, self.argv(), env=self.env(), cwd=self.cwd,
-                    reset_sigint=self.reset_sigint)
+        procs.spawn(self.name, self.argv(), env=self.env(), cwd=self.cwd, reset_sigint=self.reset_sigint)
 
     def ensure(self) -> str:
         """Make it healthy; returns what was done. Never restarts a healthy process."""
@@ -87,10 +89,12 @@ class Daemon:
                 if procs.wait_for(self.healthy, self.start_timeout, interval=0.25):
                     self._changed = False
                     return action
-            raise SandboxError(f"{self.name} is not healthy ({self.check()[1]}); "
-                               f"log {procs.log_file(self.name)}:\n{procs.log_tail(self.name)}")
+            raise SandboxError(
+                f"{self.name} is not healthy ({self.check()[1]}); "
+                f"log {procs.log_file(self.name)}:\n{procs.log_tail(self.name)}"
+            )
         if self._changed and self.refresh:
-            self.refresh()   # it was already starting with an older config
+            self.refresh()  # it was already starting with an older config
         self._changed = False
         return action
 
@@ -174,8 +178,9 @@ def nginx_https_check() -> Check:
     except (httpx.HTTPError, OSError) as exc:
         return False, f"GET failed: {type(exc).__name__}: {str(exc)[:80]}"
     hsts = "max-age" in resp.headers.get("strict-transport-security", "")
-    return resp.status_code == 200 and hsts, f"GET /nginx-health -> {resp.status_code}, cert verified" \
-        + ("" if hsts else ", HSTS missing")
+    return resp.status_code == 200 and hsts, f"GET /nginx-health -> {resp.status_code}, cert verified" + (
+        "" if hsts else ", HSTS missing"
+    )
 
 
 def nginx_http_check() -> Check:
@@ -184,15 +189,13 @@ def nginx_http_check() -> Check:
     except httpx.HTTPError as exc:
         return False, f"GET failed: {type(exc).__name__}"
     location = resp.headers.get("location", "")
-    return resp.status_code == 301 and location.startswith("https://"), \
-        f"GET / -> {resp.status_code} {location}"
+    return resp.status_code == 301 and location.startswith("https://"), f"GET / -> {resp.status_code} {location}"
 
 
 def slack_check() -> Check:
     try:
         token = config.load_secrets()["slack_bot_token"]
-        resp = httpx.post(f"{config.SLACK_API_URL}auth.test", timeout=3,
-                          headers={"Authorization": f"Bearer {token}"})
+        resp = httpx.post(f"{config.SLACK_API_URL}auth.test", timeout=3, headers={"Authorization": f"Bearer {token}"})
         body = resp.json()
     except (httpx.HTTPError, ValueError, OSError, KeyError) as exc:
         return False, f"auth.test failed: {type(exc).__name__}"
@@ -211,11 +214,16 @@ def _mkdir(path: Path) -> bool:
 
 def _prepare_registry() -> bool:
     config.REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
-    return templates.render(config.CONF_DIR / "registry.yml", config.STATE_DIR / "registry.yml",
-                            {"REGISTRY_DIR": config.REGISTRY_DIR,
-                             "REGISTRY_PORT": config.REGISTRY_PORT,
-                             "HTTP_SECRET": config.load_secrets()["registry_http_secret"]},
-                            mode=0o600)
+    return templates.render(
+        config.CONF_DIR / "registry.yml",
+        config.STATE_DIR / "registry.yml",
+        {
+            "REGISTRY_DIR": config.REGISTRY_DIR,
+            "REGISTRY_PORT": config.REGISTRY_PORT,
+            "HTTP_SECRET": config.load_secrets()["registry_http_secret"],
+        },
+        mode=0o600,
+    )
 
 
 PROMETHEUS_CONF = config.PROMETHEUS_DIR / "prometheus.yml"
@@ -224,10 +232,15 @@ PROMETHEUS_CONF = config.PROMETHEUS_DIR / "prometheus.yml"
 def _prepare_prometheus() -> bool:
     (config.PROMETHEUS_DIR / "data").mkdir(parents=True, exist_ok=True)
     rules = config.MONITORING_DIR / "alert-rules.yml"
-    changed = templates.render(config.MONITORING_DIR / "prometheus.yml", PROMETHEUS_CONF,
-                               {"RULES_FILE": rules,
-                                "POSTGRES_EXPORTER_PORT": config.POSTGRES_EXPORTER_PORT,
-                                "REDIS_EXPORTER_PORT": config.REDIS_EXPORTER_PORT})
+    changed = templates.render(
+        config.MONITORING_DIR / "prometheus.yml",
+        PROMETHEUS_CONF,
+        {
+            "RULES_FILE": rules,
+            "POSTGRES_EXPORTER_PORT": config.POSTGRES_EXPORTER_PORT,
+            "REDIS_EXPORTER_PORT": config.REDIS_EXPORTER_PORT,
+        },
+    )
     if shutil.which("promtool"):
         procs.run(["promtool", "check", "config", str(PROMETHEUS_CONF)])  # checks rules too
     # Rules live in the repo and may change between ups; a reload is cheap.
@@ -252,8 +265,16 @@ NGINX_CONF = config.NGINX_DIR / "nginx.conf"
 
 def _nginx_cmd(*extra: str) -> list[str]:
     # -e: nginx opens its error log before reading the config; keep even that in state.
-    return ["nginx", "-c", str(NGINX_CONF), "-p", f"{config.NGINX_DIR}/",
-            "-e", str(config.LOG_DIR / "nginx-error.log"), *extra]
+    return [
+        "nginx",
+        "-c",
+        str(NGINX_CONF),
+        "-p",
+        f"{config.NGINX_DIR}/",
+        "-e",
+        str(config.LOG_DIR / "nginx-error.log"),
+        *extra,
+    ]
 
 
 def _prepare_nginx() -> bool:
@@ -261,10 +282,18 @@ def _prepare_nginx() -> bool:
         (config.NGINX_DIR / "tmp" / sub).mkdir(parents=True, exist_ok=True)
     config.LOG_DIR.mkdir(parents=True, exist_ok=True)
     cert_changed = tls.ensure_certificates()
-    conf_changed = templates.render(config.CONF_DIR / "nginx.conf", NGINX_CONF, {
-        "NGINX_DIR": config.NGINX_DIR, "LOG_DIR": config.LOG_DIR,
-        "HTTP_PORT": config.NGINX_HTTP_PORT, "HTTPS_PORT": config.NGINX_HTTPS_PORT,
-        "SERVER_CERT": config.SERVER_CERT, "SERVER_KEY": config.SERVER_KEY})
+    conf_changed = templates.render(
+        config.CONF_DIR / "nginx.conf",
+        NGINX_CONF,
+        {
+            "NGINX_DIR": config.NGINX_DIR,
+            "LOG_DIR": config.LOG_DIR,
+            "HTTP_PORT": config.NGINX_HTTP_PORT,
+            "HTTPS_PORT": config.NGINX_HTTPS_PORT,
+            "SERVER_CERT": config.SERVER_CERT,
+            "SERVER_KEY": config.SERVER_KEY,
+        },
+    )
     procs.run(_nginx_cmd("-t", "-q"))
     return cert_changed or conf_changed
 
@@ -279,8 +308,9 @@ def _worker_check() -> Check:
     if WORKER.running() is None:
         return False, "worker process not running"
     try:
-        resp = httpx.post(f"{config.PREFECT_API_URL}/work_pools/{config.PREFECT_WORK_POOL}"
-                          "/workers/filter", json={}, timeout=5)
+        resp = httpx.post(
+            f"{config.PREFECT_API_URL}/work_pools/{config.PREFECT_WORK_POOL}/workers/filter", json={}, timeout=5
+        )
         workers = resp.json() if resp.status_code == 200 else []
     except (httpx.HTTPError, ValueError) as exc:
         return False, f"workers API: {type(exc).__name__}"
@@ -291,80 +321,240 @@ def _worker_check() -> Check:
 
 def _worker_env() -> dict[str, str]:
     # Flow runs start from the repo root and import flows/, tasks/, blocks/, sandbox/.
-    return {**config.PREFECT_ENV, "PYTHONPATH": str(config.REPO_ROOT),
-            "SANDBOX_STATE": str(config.STATE_DIR)}
+    return {
+        **config.PREFECT_ENV,
+        "PYTHONPATH": str(config.REPO_ROOT),
+        "SANDBOX_STATE": str(config.STATE_DIR),
+        # The worker's own say (never a block's) on where a run may skip sign-off: the sandbox and its copies.
+        "ARCHITECT_ALLOW_SKIP_SIGNOFF": SKIP_SIGNOFF_ALLOWED,
+    }
+
+
+SKIP_SIGNOFF_ALLOWED = "sandbox,test-*"
+
+
+def _prepare_signoff_receiver() -> bool:
+    """The receiver's configuration file (0600): Slack's signing secret, the bot token, its own key."""
+    secrets = config.load_secrets()
+    wanted = json.dumps(
+        {
+            "slack_signing_secret": secrets["slack_signing_secret"],
+            "slack_bot_token": secrets["slack_bot_token"],
+            "slack_api_url": config.SLACK_API_URL,
+            "receipt_key": secrets["signoff_receiver_key"],
+        },
+        indent=2,
+    )
+    path = config.SIGNOFF_RECEIVER_CONFIG
+    if path.exists() and path.read_text() == wanted:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(wanted)
+    os.replace(path.with_suffix(".tmp"), path)
+    return True
 
 
 def _pg_exporter_env() -> dict[str, str]:
-    return {"DATA_SOURCE_NAME": f"postgresql://postgres@:{config.PG_PRIMARY_PORT}/postgres"
-                                f"?host={config.PG_SOCKET_DIR}&sslmode=disable"}
+    return {
+        "DATA_SOURCE_NAME": f"postgresql://postgres@:{config.PG_PRIMARY_PORT}/postgres"
+        f"?host={config.PG_SOCKET_DIR}&sslmode=disable"
+    }
 
 
 H = config.HOST
 REDIS = Daemon(
-    "redis", f"{H}:{config.REDIS_PORT}", "redis-server", (config.REDIS_PORT,),
-    lambda: ["redis-server", "--port", str(config.REDIS_PORT), "--bind", H,
-             "--protected-mode", "yes", "--appendonly", "yes", "--dir", str(config.REDIS_DIR),
-             "--daemonize", "no", "--logfile", ""],
-    redis_check, prepare=lambda: _mkdir(config.REDIS_DIR))
+    "redis",
+    f"{H}:{config.REDIS_PORT}",
+    "redis-server",
+    (config.REDIS_PORT,),
+    lambda: [
+        "redis-server",
+        "--port",
+        str(config.REDIS_PORT),
+        "--bind",
+        H,
+        "--protected-mode",
+        "yes",
+        "--appendonly",
+        "yes",
+        "--dir",
+        str(config.REDIS_DIR),
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
+    ],
+    redis_check,
+    prepare=lambda: _mkdir(config.REDIS_DIR),
+)
 DOCKER = Daemon(
-    "dockerd", config.DOCKER_HOST, "dockerd", (),
-    lambda: ["dockerd", "--storage-driver=vfs", "--bridge=none", "--iptables=false",
-             "--ip-masq=false", "--userland-proxy=false", "--data-root", str(config.DOCKER_DATA),
-             "--pidfile", str(config.DOCKER_DATA / "dockerd.pid"), "-H", config.DOCKER_HOST,
-             "--log-level=warn",
-             # Replicas keep serving while the engine restarts (the fault tests restart it mid-deploy).
-             "--live-restore"],
-    docker_check, start_timeout=60, stop_grace=30)
+    "dockerd",
+    config.DOCKER_HOST,
+    "dockerd",
+    (),
+    lambda: [
+        "dockerd",
+        "--storage-driver=vfs",
+        "--bridge=none",
+        "--iptables=false",
+        "--ip-masq=false",
+        "--userland-proxy=false",
+        "--data-root",
+        str(config.DOCKER_DATA),
+        "--pidfile",
+        str(config.DOCKER_DATA / "dockerd.pid"),
+        "-H",
+        config.DOCKER_HOST,
+        "--log-level=warn",
+        # Replicas keep serving while the engine restarts (the fault tests restart it mid-deploy).
+        "--live-restore",
+    ],
+    docker_check,
+    start_timeout=60,
+    stop_grace=30,
+)
 REGISTRY = Daemon(
-    "registry", f"{H}:{config.REGISTRY_PORT}", "docker-registry", (config.REGISTRY_PORT,),
+    "registry",
+    f"{H}:{config.REGISTRY_PORT}",
+    "docker-registry",
+    (config.REGISTRY_PORT,),
     lambda: ["docker-registry", "serve", str(config.STATE_DIR / "registry.yml")],
-    lambda: http_check(f"http://{config.REGISTRY}/v2/"), prepare=_prepare_registry)
+    lambda: http_check(f"http://{config.REGISTRY}/v2/"),
+    prepare=_prepare_registry,
+)
 POSTGRES_EXPORTER = Daemon(
-    "postgres-exporter", f"{H}:{config.POSTGRES_EXPORTER_PORT}", "prometheus-postgres-exporter",
+    "postgres-exporter",
+    f"{H}:{config.POSTGRES_EXPORTER_PORT}",
+    "prometheus-postgres-exporter",
     (config.POSTGRES_EXPORTER_PORT,),
-    lambda: ["prometheus-postgres-exporter",
-             f"--web.listen-address={H}:{config.POSTGRES_EXPORTER_PORT}", "--log.level=warn"],
+    lambda: [
+        "prometheus-postgres-exporter",
+        f"--web.listen-address={H}:{config.POSTGRES_EXPORTER_PORT}",
+        "--log.level=warn",
+    ],
     lambda: http_check(f"http://{H}:{config.POSTGRES_EXPORTER_PORT}/metrics", contains="\npg_up 1"),
-    env=_pg_exporter_env)
+    env=_pg_exporter_env,
+)
 REDIS_EXPORTER = Daemon(
-    "redis-exporter", f"{H}:{config.REDIS_EXPORTER_PORT}", "prometheus-redis-exporter",
+    "redis-exporter",
+    f"{H}:{config.REDIS_EXPORTER_PORT}",
+    "prometheus-redis-exporter",
     (config.REDIS_EXPORTER_PORT,),
-    lambda: ["prometheus-redis-exporter", "-redis.addr", config.redis_url(),
-             "-web.listen-address", f"{H}:{config.REDIS_EXPORTER_PORT}"],
-    lambda: http_check(f"http://{H}:{config.REDIS_EXPORTER_PORT}/metrics", contains="\nredis_up 1"))
+    lambda: [
+        "prometheus-redis-exporter",
+        "-redis.addr",
+        config.redis_url(),
+        "-web.listen-address",
+        f"{H}:{config.REDIS_EXPORTER_PORT}",
+    ],
+    lambda: http_check(f"http://{H}:{config.REDIS_EXPORTER_PORT}/metrics", contains="\nredis_up 1"),
+)
 PROMETHEUS = Daemon(
-    "prometheus", config.PROMETHEUS_URL, str(PROMETHEUS_CONF), (config.PROMETHEUS_PORT,),
-    lambda: ["prometheus", f"--config.file={PROMETHEUS_CONF}",
-             f"--storage.tsdb.path={config.PROMETHEUS_DIR / 'data'}",
-             "--storage.tsdb.retention.time=7d",
-             f"--web.listen-address={H}:{config.PROMETHEUS_PORT}", "--web.enable-lifecycle"],
-    prometheus_check, prepare=_prepare_prometheus, refresh=_reload_prometheus)
+    "prometheus",
+    config.PROMETHEUS_URL,
+    str(PROMETHEUS_CONF),
+    (config.PROMETHEUS_PORT,),
+    lambda: [
+        "prometheus",
+        f"--config.file={PROMETHEUS_CONF}",
+        f"--storage.tsdb.path={config.PROMETHEUS_DIR / 'data'}",
+        "--storage.tsdb.retention.time=7d",
+        f"--web.listen-address={H}:{config.PROMETHEUS_PORT}",
+        "--web.enable-lifecycle",
+    ],
+    prometheus_check,
+    prepare=_prepare_prometheus,
+    refresh=_reload_prometheus,
+)
 NGINX = Daemon(
-    "nginx", config.API_URL, "nginx", (config.NGINX_HTTPS_PORT, config.NGINX_HTTP_PORT),
+    "nginx",
+    config.API_URL,
+    "nginx",
+    (config.NGINX_HTTPS_PORT, config.NGINX_HTTP_PORT),
     lambda: _nginx_cmd("-g", "daemon off;"),
     lambda: _both(nginx_https_check(), nginx_http_check()),
-    prepare=_prepare_nginx, refresh=reload_nginx)
+    prepare=_prepare_nginx,
+    refresh=reload_nginx,
+)
 SLACK = Daemon(
-    "slack-standin", f"http://{H}:{config.SLACK_PORT}", "sandbox.slack_standin",
-    (config.SLACK_PORT,), lambda: [sys.executable, "-m", "sandbox.slack_standin"],
-    slack_check, cwd=config.REPO_ROOT,
-    env=lambda: {"PYTHONPATH": str(config.REPO_ROOT), "SANDBOX_STATE": str(config.STATE_DIR)})
+    "slack-standin",
+    f"http://{H}:{config.SLACK_PORT}",
+    "sandbox.slack_standin",
+    (config.SLACK_PORT,),
+    lambda: [sys.executable, "-m", "sandbox.slack_standin"],
+    slack_check,
+    cwd=config.REPO_ROOT,
+    env=lambda: {"PYTHONPATH": str(config.REPO_ROOT), "SANDBOX_STATE": str(config.STATE_DIR)},
+)
 PREFECT_SERVER = Daemon(
-    "prefect-server", f"http://{H}:{config.PREFECT_PORT}", "prefect server start",
+    "prefect-server",
+    f"http://{H}:{config.PREFECT_PORT}",
+    "prefect server start",
     (config.PREFECT_PORT,),
-    lambda: [sys.executable, "-m", "prefect", "server", "start", "--host", H,
-             "--port", str(config.PREFECT_PORT)],
+    lambda: [sys.executable, "-m", "prefect", "server", "start", "--host", H, "--port", str(config.PREFECT_PORT)],
     lambda: http_check(f"{config.PREFECT_API_URL}/health", contains="true"),
     env=lambda: {**config.PREFECT_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": config.prefect_database_url()},
-    cwd=config.REPO_ROOT, start_timeout=120)
+    cwd=config.REPO_ROOT,
+    start_timeout=120,
+)
+SIGNOFF_RECEIVER = Daemon(
+    "signoff-receiver",
+    config.SIGNOFF_RECEIVER_URL,
+    "deployments.signoff_receiver",
+    (config.SIGNOFF_RECEIVER_PORT,),
+    lambda: [
+        sys.executable,
+        "-m",
+        "deployments.signoff_receiver",
+        "--config",
+        str(config.SIGNOFF_RECEIVER_CONFIG),
+        "--host",
+        H,
+        "--port",
+        str(config.SIGNOFF_RECEIVER_PORT),
+    ],
+    lambda: http_check(f"{config.SIGNOFF_RECEIVER_URL}/health", contains='"ok":true'),
+    prepare=_prepare_signoff_receiver,
+    cwd=config.REPO_ROOT,
+    env=lambda: {**config.PREFECT_ENV, "PYTHONPATH": str(config.REPO_ROOT)},
+)
 WORKER = Daemon(
-    "prefect-worker", config.PREFECT_WORK_POOL, "prefect worker start", (),
-    lambda: [sys.executable, "-m", "prefect", "worker", "start", "--pool",
-             config.PREFECT_WORK_POOL, "--name", config.PREFECT_WORKER_NAME],
-    _worker_check, env=_worker_env, cwd=config.REPO_ROOT, reset_sigint=True,
-    start_timeout=90, stop_grace=20)
+    "prefect-worker",
+    config.PREFECT_WORK_POOL,
+    "prefect worker start",
+    (),
+    lambda: [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        config.PREFECT_WORK_POOL,
+        "--name",
+        config.PREFECT_WORKER_NAME,
+    ],
+    _worker_check,
+    env=_worker_env,
+    cwd=config.REPO_ROOT,
+    reset_sigint=True,
+    start_timeout=90,
+    stop_grace=20,
+)
 
 # Start order; `down` stops in reverse.
-ALL = [REDIS, DOCKER, REGISTRY, POSTGRES_EXPORTER, REDIS_EXPORTER, PROMETHEUS, NGINX, SLACK,
-       PREFECT_SERVER, WORKER]
+ALL = [
+    REDIS,
+    DOCKER,
+    REGISTRY,
+    POSTGRES_EXPORTER,
+    REDIS_EXPORTER,
+    PROMETHEUS,
+    NGINX,
+    SLACK,
+    PREFECT_SERVER,
+    SIGNOFF_RECEIVER,
+    WORKER,
+]

@@ -7,25 +7,68 @@ named ``sandbox`` that points at the sandbox's services.
 
 from __future__ import annotations
 
+import subprocess
+
 from prefect.blocks.fields import SecretDict
 from prefect.filesystems import LocalFileSystem
 
+from blocks.approvers import Approver
 from blocks.database import PostgresDatabase
 from blocks.docker.target import DockerTarget
-from blocks.kubernetes.target import KubernetesTarget
 from blocks.environment import PerformanceTargets, Role, StagingEnvironment
+from blocks.kubernetes.target import KubernetesTarget
 from blocks.registry import ImageRegistry
 from blocks.slack import SlackChannel
 from sandbox import config
+from tasks.signoff.receipts import load_private_key, public_key_text
 
 SANDBOX = "sandbox"
-# The sandbox's four leads; a real environment names real people.
-SANDBOX_APPROVERS = {
-    Role.ENGINEERING: ["Eve Engineer"],
-    Role.DEVOPS: ["Dev Ops"],
-    Role.SECURITY: ["Sam Security"],
-    Role.PRODUCT: ["Pat Product"],
+# The sandbox's four leads, (name, Slack user id, key name); a real environment names real people,
+# who keep their SSH keys on their own machines. Here the keys live in .sandbox/signoff/leads/.
+SANDBOX_LEADS = {
+    Role.ENGINEERING: ("Eve Engineer", "U0EVEENG", "eve"),
+    Role.DEVOPS: ("Dev Ops", "U0DEVOPS", "dev"),
+    Role.SECURITY: ("Sam Security", "U0SAMSEC", "sam"),
+    Role.PRODUCT: ("Pat Product", "U0PATPROD", "pat"),
 }
+
+
+def lead_key(slug: str):
+    """The private SSH key of a sandbox lead (its .pub beside it)."""
+    return config.SIGNOFF_LEADS_DIR / slug / "id_ed25519"
+
+
+def principal(slug: str) -> str:
+    return f"{slug}@architect.sandbox"
+
+
+def ensure_lead_keys() -> None:
+    """One SSH key per sandbox lead, made once."""
+    for _, _, slug in SANDBOX_LEADS.values():
+        key = lead_key(slug)
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", principal(slug), "-f", str(key)],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+
+
+def sandbox_approvers() -> dict[Role, list[Approver]]:
+    """The leads with their Slack ids, and their SSH keys where ``ensure_lead_keys`` made them."""
+    approvers = {}
+    for role, (name, slack_user_id, slug) in SANDBOX_LEADS.items():
+        pub = lead_key(slug).with_name("id_ed25519.pub")
+        signers = [f"{principal(slug)} {' '.join(pub.read_text().split()[:2])}"] if pub.exists() else []
+        approvers[role] = [Approver(name=name, slack_user_id=slack_user_id, ssh_allowed_signers=signers)]
+    return approvers
+
+
+def receiver_public_key(secrets: dict[str, str]) -> str | None:
+    seed = secrets.get("signoff_receiver_key")
+    return public_key_text(load_private_key(seed)) if seed else None
 
 
 BLOCK_TYPES = [StagingEnvironment, DockerTarget, KubernetesTarget, ImageRegistry, PostgresDatabase, SlackChannel]
@@ -60,9 +103,12 @@ def sandbox_environment(secrets: dict[str, str]) -> StagingEnvironment:
             backup_storage=LocalFileSystem(basepath=str(config.STATE_DIR / "backups")),
         ),
         prometheus_url=config.PROMETHEUS_URL,
-        slack=SlackChannel(bot_token=secrets["slack_bot_token"], channel="#staging-deploys", api_url=config.SLACK_API_URL),
+        slack=SlackChannel(
+            bot_token=secrets["slack_bot_token"], channel="#staging-deploys", api_url=config.SLACK_API_URL
+        ),
         performance=PerformanceTargets(),
-        approvers=SANDBOX_APPROVERS,
+        approvers=sandbox_approvers(),
+        signoff_receiver_key=receiver_public_key(secrets),
         app_settings={
             "ENV": "staging",
             "REDIS_URL": config.redis_url(),
@@ -88,6 +134,7 @@ def sandbox_environment(secrets: dict[str, str]) -> StagingEnvironment:
 def save_sandbox_environment() -> StagingEnvironment:
     for block_type in BLOCK_TYPES:
         block_type.register_type_and_schema()
+    ensure_lead_keys()
     environment = sandbox_environment(config.ensure_secrets())
     environment.save(SANDBOX, overwrite=True)
     return environment

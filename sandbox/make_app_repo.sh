@@ -8,7 +8,10 @@
 #   v3.2.0  (main)       sandbox/architect-api as it is (adds migration 003)
 #   v3.2.1-<name>        one commit each on branch release/v3.2.1-<name>, off v3.2.0,
 #                        made by applying releases/v3.2.1-<name>.patch
-#                        (crash, unhealthy, slow, erroring, badmigration, brokensmoke)
+#                        (crash, unhealthy, slow, erroring, badmigration, brokensmoke,
+#                        sluggish, purge, rename)
+#   v3.3.0               a good release after v3.2.0 (an expand-only migration), on
+#                        branch release/v3.3.0 off v3.2.0, from releases/v3.3.0.patch
 #
 # See releases/RELEASES.md for what each bad release does wrong.
 #
@@ -31,9 +34,11 @@ fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SRC=$HERE/architect-api
 REL=$HERE/releases
-BAD=(crash unhealthy slow erroring badmigration brokensmoke)
+BAD=(crash unhealthy slow erroring badmigration brokensmoke sluggish purge rename)
+NEXT=(v3.3.0)  # good releases after v3.2.0, each on its own branch off it
 TAGS=(v3.1.0 v3.2.0)
 for n in "${BAD[@]}"; do TAGS+=("v3.2.1-$n"); done
+TAGS+=("${NEXT[@]}")
 
 die() { echo "make_app_repo: $*" >&2; exit 1; }
 
@@ -71,7 +76,7 @@ fi
 
 [ -f "$SRC/VERSION" ] || die "no app at $SRC"
 [ "$(cat "$SRC/VERSION")" = "3.2.0" ] || die "$SRC/VERSION is $(cat "$SRC/VERSION"), expected 3.2.0"
-for p in "$REL/to-3.1.0.patch" "${BAD[@]/#/$REL/v3.2.1-}"; do
+for p in "$REL/to-3.1.0.patch" "${BAD[@]/#/$REL/v3.2.1-}" "${NEXT[@]/#/$REL/}"; do
     case $p in *.patch) ;; *) p=$p.patch ;; esac
     [ -f "$p" ] || die "missing patch $p"
 done
@@ -138,12 +143,27 @@ declare -A SUBJECT=(
     [erroring]="api: per-process request budget"
     [badmigration]="schema: event tags (004) and error fingerprints (005)"
     [brokensmoke]="auth: logout without a database round trip"
+    [sluggish]="api: feature flags for every API request"
+    [purge]="events: purge the load gate's synthetic events (004)"
+    [rename]="errors: rename stack to stack_trace (004)"
 )
 for n in "${BAD[@]}"; do
     minute=$((minute + 5))
     g checkout -q -b "release/v3.2.1-$n" v3.2.0
     apply_patch "$REL/v3.2.1-$n.patch"
     release "$(printf '2024-02-16T10:%02d:00+00:00' "$minute")" "v3.2.1-$n" "Release 3.2.1-$n: ${SUBJECT[$n]}"
+done
+
+# 4. Good releases after v3.2.0, each on its own branch off it.
+declare -A NEXT_SUBJECT=(
+    [v3.3.0]="errors: index resolved errors by resolution time (004, expand-only)"
+)
+day=0
+for t in "${NEXT[@]}"; do
+    day=$((day + 1))
+    g checkout -q -b "release/$t" v3.2.0
+    apply_patch "$REL/$t.patch"
+    release "$(printf '2024-03-%02dT10:00:00+00:00' "$day")" "$t" "Release ${t#v}: ${NEXT_SUBJECT[$t]}"
 done
 g checkout -q main
 [ -z "$(g status --porcelain)" ] || die "internal error: working tree not clean"

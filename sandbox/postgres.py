@@ -8,6 +8,7 @@ The postmaster writes its own PID file (postmaster.pid in the data directory);
 that is the PID file we stop by, through `pg_ctl stop -m fast` (a SIGTERM "smart"
 shutdown would wait for the app's connection pools to close by themselves).
 """
+
 from __future__ import annotations
 
 import pwd
@@ -61,15 +62,16 @@ def _prepare_dirs() -> None:
     # (mode 0700) would fail much later with a confusing initdb error.
     probe = procs.run(_as_postgres("test", "-w", str(config.PG_SOCKET_DIR)), check=False)
     if probe.returncode != 0:
-        raise SandboxError(f"the postgres OS user cannot write {config.PG_SOCKET_DIR}; "
-                           "put SANDBOX_STATE on a path every user can traverse")
+        raise SandboxError(
+            f"the postgres OS user cannot write {config.PG_SOCKET_DIR}; "
+            "put SANDBOX_STATE on a path every user can traverse"
+        )
 
 
 def _write_conf(inst: Instance) -> bool:
     """Render sandbox.conf, pg_hba.conf and pg_ident.conf into the data dir."""
     changed = False
-    files = {"postgresql.sandbox.conf": "sandbox.conf", "pg_hba.conf": "pg_hba.conf",
-             "pg_ident.conf": "pg_ident.conf"}
+    files = {"postgresql.sandbox.conf": "sandbox.conf", "pg_hba.conf": "pg_hba.conf", "pg_ident.conf": "pg_ident.conf"}
     values = {"PORT": inst.port, "SOCKET_DIR": config.PG_SOCKET_DIR}
     for template, target in files.items():
         dest = inst.data / target
@@ -81,12 +83,23 @@ def _write_conf(inst: Instance) -> bool:
 def _initdb(inst: Instance) -> None:
     if inst.data.exists():
         shutil.rmtree(inst.data)
-    procs.run(_as_postgres(_pg("initdb"), "-D", str(inst.data), "-U", "postgres",
-                           "--auth-local=peer", "--auth-host=scram-sha-256",
-                           "--encoding=UTF8", "--locale=C.UTF-8"))
+    procs.run(
+        _as_postgres(
+            _pg("initdb"),
+            "-D",
+            str(inst.data),
+            "-U",
+            "postgres",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+        )
+    )
     with open(inst.data / "postgresql.conf", "a") as fh:
-        fh.write("\n# sandbox settings (rendered from sandbox/conf/postgresql.sandbox.conf)\n"
-                 "include = 'sandbox.conf'\n")
+        fh.write(
+            "\n# sandbox settings (rendered from sandbox/conf/postgresql.sandbox.conf)\ninclude = 'sandbox.conf'\n"
+        )
 
 
 def postmaster_pid(inst: Instance) -> int | None:
@@ -97,8 +110,7 @@ def postmaster_pid(inst: Instance) -> int | None:
 
 
 def _pg_ctl(inst: Instance, *args: str, check: bool = True):
-    return procs.run(_as_postgres(_pg("pg_ctl"), "-D", str(inst.data), *args), check=check,
-                     timeout=90)
+    return procs.run(_as_postgres(_pg("pg_ctl"), "-D", str(inst.data), *args), check=check, timeout=90)
 
 
 def _start_or_reload(inst: Instance, conf_changed: bool) -> None:
@@ -110,14 +122,12 @@ def _start_or_reload(inst: Instance, conf_changed: bool) -> None:
     try:
         _pg_ctl(inst, "-l", str(inst.log), "-w", "-t", "60", "start")
     except SandboxError as exc:
-        tail = "\n".join(inst.log.read_text(errors="replace").splitlines()[-15:]) \
-            if inst.log.exists() else ""
+        tail = "\n".join(inst.log.read_text(errors="replace").splitlines()[-15:]) if inst.log.exists() else ""
         raise SandboxError(f"{inst.name} did not start: {exc}\n{tail}") from None
 
 
 def _superuser(port: int, dbname: str = "postgres") -> psycopg.Connection:
-    return psycopg.connect(config.pg_superuser_conninfo(port, dbname), autocommit=True,
-                           connect_timeout=5)
+    return psycopg.connect(config.pg_superuser_conninfo(port, dbname), autocommit=True, connect_timeout=5)
 
 
 def _architect_login_ok(password: str, port: int = config.PG_PRIMARY_PORT) -> bool:
@@ -132,24 +142,29 @@ def _architect_login_ok(password: str, port: int = config.PG_PRIMARY_PORT) -> bo
 def _bootstrap_primary(password: str) -> None:
     """Role architect, database architect_staging owned by it, the replica's slot."""
     with _superuser(PRIMARY.port) as conn:
-        role_exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                   (config.PG_USER,)).fetchone()
+        role_exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (config.PG_USER,)).fetchone()
         if not role_exists:
             # DDL cannot take bind parameters; the password is quoted client-side.
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(config.PG_USER), sql.Literal(password)))
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                            (config.PG_DATABASE,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(config.PG_DATABASE), sql.Identifier(config.PG_USER)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(config.PG_USER), sql.Literal(password)
+                )
+            )
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (config.PG_DATABASE,)).fetchone():
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(config.PG_DATABASE), sql.Identifier(config.PG_USER)
+                )
+            )
         if role_exists and not _architect_login_ok(password):
             # secrets.json is the source of truth (e.g. it was regenerated).
-            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(config.PG_USER), sql.Literal(password)))
-        if not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
-                            (config.PG_REPLICATION_SLOT,)).fetchone():
-            conn.execute("SELECT pg_create_physical_replication_slot(%s)",
-                         (config.PG_REPLICATION_SLOT,))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(config.PG_USER), sql.Literal(password))
+            )
+        if not conn.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (config.PG_REPLICATION_SLOT,)
+        ).fetchone():
+            conn.execute("SELECT pg_create_physical_replication_slot(%s)", (config.PG_REPLICATION_SLOT,))
 
 
 def _basebackup_replica() -> None:
@@ -158,9 +173,22 @@ def _basebackup_replica() -> None:
     conninfo = f"host={config.PG_SOCKET_DIR} port={PRIMARY.port} user=postgres"
     try:
         # -R writes standby.signal plus primary_conninfo/primary_slot_name.
-        procs.run(_as_postgres(_pg("pg_basebackup"), "-D", str(REPLICA.data), "-d", conninfo,
-                               "-R", "-X", "stream", "-S", config.PG_REPLICATION_SLOT,
-                               "--checkpoint=fast"), timeout=300)
+        procs.run(
+            _as_postgres(
+                _pg("pg_basebackup"),
+                "-D",
+                str(REPLICA.data),
+                "-d",
+                conninfo,
+                "-R",
+                "-X",
+                "stream",
+                "-S",
+                config.PG_REPLICATION_SLOT,
+                "--checkpoint=fast",
+            ),
+            timeout=300,
+        )
     except SandboxError:
         shutil.rmtree(REPLICA.data, ignore_errors=True)
         raise

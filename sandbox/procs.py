@@ -8,15 +8,17 @@ Rules this module enforces:
   dockerd's containerd) without touching anything else on the machine;
 - stop = SIGTERM, a grace period, then SIGKILL.
 """
+
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from . import config
 
@@ -68,10 +70,8 @@ def pid_alive(pid: int, expect: str | None = None) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect a child that exited, if it is ours (started in this same Python process)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def read_pid(path: Path) -> int | None:
@@ -99,8 +99,14 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def spawn(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
-          cwd: Path | None = None, reset_sigint: bool = False) -> int:
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    reset_sigint: bool = False,
+) -> int:
     """Start argv in the background, output appended to $STATE/logs/<name>.log; returns the PID."""
     config.RUN_DIR.mkdir(parents=True, exist_ok=True)
     config.LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -110,8 +116,13 @@ def spawn(name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=str(cwd) if cwd else None, env=full_env, start_new_session=True,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd) if cwd else None,
+            env=full_env,
+            start_new_session=True,
             preexec_fn=_default_sigint if reset_sigint else None,
         )
     pid_file(name).write_text(f"{proc.pid}\n")
@@ -152,10 +163,8 @@ def terminate(pid: int, expect: str, grace: float = 15.0, sig: int = signal.SIGT
         if not pid_alive(pid) and not (leads_group and _group_alive(pid)):
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         send(signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     for _ in range(50):
         _reap(pid)
         if not pid_alive(pid):
@@ -204,12 +213,10 @@ def ensure_ports_free(name: str, ports: Sequence[int], timeout: float = 75.0) ->
     """
     listening = [p for p in ports if port_open(p)]
     if listening:
-        raise SandboxError(f"{name}: port(s) {listening} in use by a process the sandbox "
-                           "did not start; stop it first")
+        raise SandboxError(f"{name}: port(s) {listening} in use by a process the sandbox did not start; stop it first")
     blocked = [p for p in ports if not port_bindable(p)]
     if blocked:
-        print(f"[sandbox] {name}: port(s) {blocked} held by TIME_WAIT sockets, waiting",
-              flush=True)
+        print(f"[sandbox] {name}: port(s) {blocked} held by TIME_WAIT sockets, waiting", flush=True)
         if not wait_for(lambda: all(port_bindable(p) for p in blocked), timeout, 1.0):
             raise SandboxError(f"{name}: port(s) {blocked} still cannot be bound")
 
@@ -235,16 +242,24 @@ def log_tail(name: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run(argv: Sequence[str], *, check: bool = True, env: dict[str, str] | None = None,
-        cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """Run a short command, capturing output; raise SandboxError with its output on failure."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    result = subprocess.run(list(argv), capture_output=True, text=True, env=full_env,
-                            cwd=str(cwd) if cwd else None, timeout=timeout)
+    result = subprocess.run(
+        list(argv), capture_output=True, text=True, env=full_env, cwd=str(cwd) if cwd else None, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise SandboxError(f"{' '.join(argv)} failed ({result.returncode}):\n"
-                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        raise SandboxError(
+            f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     return result
 
 

@@ -1,22 +1,22 @@
 """Bring the whole sandbox up, down, or report its health.
 
-    from sandbox import services
-    services.up()          # idempotent: starts what is missing, leaves healthy things alone
-    services.status()      # list of {"service", "address", "healthy", "detail"}
-    services.down()        # stops exactly what up started, in reverse order; keeps data
-    services.reload_nginx()
+from sandbox import services
+services.up()          # idempotent: starts what is missing, leaves healthy things alone
+services.status()      # list of {"service", "address", "healthy", "detail"}
+services.down()        # stops exactly what up started, in reverse order; keeps data
+services.reload_nginx()
 """
+
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 
@@ -26,7 +26,7 @@ from . import config, daemons, postgres, procs
 from .daemons import reload_nginx  # noqa: F401  (public API)
 from .procs import SandboxError
 
-CONTAINER_LABEL = "architect.sandbox=1"   # the pipeline labels app replicas with it
+CONTAINER_LABEL = "architect.sandbox=1"  # the pipeline labels app replicas with it
 
 
 def log(message: str) -> None:
@@ -48,10 +48,22 @@ def ensure_packages() -> None:
         raise SandboxError("system packages are missing; see the messages above")
 
 
-SANDBOX_PORTS = (config.REGISTRY_PORT, config.PG_PRIMARY_PORT, config.PG_REPLICA_PORT, config.PG_PREFECT_PORT,
-                 config.REDIS_PORT, config.NGINX_HTTP_PORT, config.NGINX_HTTPS_PORT,
-                 config.SLACK_PORT, config.PROMETHEUS_PORT, config.REDIS_EXPORTER_PORT,
-                 config.POSTGRES_EXPORTER_PORT, config.PREFECT_PORT, *config.APP_SLOT_PORTS)
+SANDBOX_PORTS = (
+    config.REGISTRY_PORT,
+    config.PG_PRIMARY_PORT,
+    config.PG_REPLICA_PORT,
+    config.PG_PREFECT_PORT,
+    config.REDIS_PORT,
+    config.NGINX_HTTP_PORT,
+    config.NGINX_HTTPS_PORT,
+    config.SLACK_PORT,
+    config.SIGNOFF_RECEIVER_PORT,
+    config.PROMETHEUS_PORT,
+    config.REDIS_EXPORTER_PORT,
+    config.POSTGRES_EXPORTER_PORT,
+    config.PREFECT_PORT,
+    *config.APP_SLOT_PORTS,
+)
 RESERVED_PORTS = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 
 
@@ -65,7 +77,8 @@ def reserve_ports() -> str:
     setting only affects automatic port choice, never explicit binds.
     """
     try:
-        current = open(RESERVED_PORTS).read().strip()
+        with open(RESERVED_PORTS) as fh:
+            current = fh.read().strip()
     except OSError:
         return "skipped (no " + RESERVED_PORTS + ")"
     have: set[int] = set()
@@ -96,40 +109,38 @@ def ensure_work_pool() -> str:
     if httpx.get(url, timeout=10).status_code == 200:
         return "exists"
     # The CLI fills in the process worker's default base job template.
-    procs.run([sys.executable, "-m", "prefect", "work-pool", "create", config.PREFECT_WORK_POOL,
-               "--type", "process"], env=dict(config.PREFECT_ENV), cwd=config.REPO_ROOT)
+    procs.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", config.PREFECT_WORK_POOL, "--type", "process"],
+        env=dict(config.PREFECT_ENV),
+        cwd=config.REPO_ROOT,
+    )
     return "created"
 
 
 def _hook_env() -> dict[str, str]:
-    return {**config.PREFECT_ENV, "PYTHONPATH": str(config.REPO_ROOT),
-            "SANDBOX_STATE": str(config.STATE_DIR)}
+    return {**config.PREFECT_ENV, "PYTHONPATH": str(config.REPO_ROOT), "SANDBOX_STATE": str(config.STATE_DIR)}
 
 
 def make_app_repo() -> str:
     script = config.PACKAGE_DIR / "make_app_repo.sh"
     if not script.exists():
-        log(f"WARNING: {script.relative_to(config.REPO_ROOT)} does not exist yet; "
-            "app repo not created")
+        log(f"WARNING: {script.relative_to(config.REPO_ROOT)} does not exist yet; app repo not created")
         return "skipped (script missing)"
-    procs.run(["bash", str(script), str(config.APP_REPO_DIR)], env=_hook_env(),
-              cwd=config.REPO_ROOT, timeout=900)
+    procs.run(["bash", str(script), str(config.APP_REPO_DIR)], env=_hook_env(), cwd=config.REPO_ROOT, timeout=900)
     return f"ready at {config.APP_REPO_DIR}"
 
 
 def run_blocks_hook() -> str:
     if not (config.REPO_ROOT / "blocks" / "sandbox_environment.py").exists():
         return "skipped (no sandbox/environment_block.py)"
-    procs.run([sys.executable, "-m", "sandbox.environment_block"], env=_hook_env(),
-              cwd=config.REPO_ROOT, timeout=300)
+    procs.run([sys.executable, "-m", "sandbox.environment_block"], env=_hook_env(), cwd=config.REPO_ROOT, timeout=300)
     return "blocks saved"
 
 
 def _step(name: str, action: Callable[[], object]) -> None:
     started = time.monotonic()
     result = action()
-    log(f"{name:<18} {result if isinstance(result, str) else 'ok'} "
-        f"({time.monotonic() - started:.1f}s)")
+    log(f"{name:<18} {result if isinstance(result, str) else 'ok'} ({time.monotonic() - started:.1f}s)")
 
 
 def _hook(name: str, action: Callable[[], str], problems: list[str]) -> None:
@@ -157,13 +168,21 @@ def up() -> list[str]:
         secrets = config.ensure_secrets()
         write_prefect_env()
         # Slow starters boot in the background while PostgreSQL initialises.
-        for daemon in (daemons.DOCKER, daemons.PROMETHEUS, daemons.NGINX, daemons.REDIS,
-                       daemons.REGISTRY, daemons.SLACK):
+        for daemon in (
+            daemons.DOCKER,
+            daemons.PROMETHEUS,
+            daemons.NGINX,
+            daemons.REDIS,
+            daemons.REGISTRY,
+            daemons.SLACK,
+        ):
             daemon.kick()
         _step("postgres-prefect", postgres.ensure_prefect_database)
         daemons.PREFECT_SERVER.kick()  # it migrates its database as it starts
-        _step("postgres", lambda: ", ".join(postgres.ensure_up(secrets["architect_db_password"]))
-              or "healthy, left running")
+        _step(
+            "postgres",
+            lambda: ", ".join(postgres.ensure_up(secrets["architect_db_password"])) or "healthy, left running",
+        )
         for daemon in daemons.ALL:
             if daemon is daemons.WORKER:
                 _step("work-pool", ensure_work_pool)
@@ -214,8 +233,7 @@ def down(purge: bool = False) -> None:
 
 def _work_pool_check() -> tuple[bool, str]:
     try:
-        resp = httpx.get(f"{config.PREFECT_API_URL}/work_pools/{config.PREFECT_WORK_POOL}",
-                         timeout=5)
+        resp = httpx.get(f"{config.PREFECT_API_URL}/work_pools/{config.PREFECT_WORK_POOL}", timeout=5)
     except httpx.HTTPError as exc:
         return False, f"GET failed: {type(exc).__name__}"
     if resp.status_code != 200:
@@ -225,9 +243,11 @@ def _work_pool_check() -> tuple[bool, str]:
 
 def _rows() -> list[tuple[str, str, Callable[[], tuple[bool, str]]]]:
     h = config.HOST
-    rows = [("postgres-primary", f"{h}:{config.PG_PRIMARY_PORT}", postgres.check_primary),
-            ("postgres-replica", f"{h}:{config.PG_REPLICA_PORT}", postgres.check_replica),
-            ("postgres-prefect", f"{h}:{config.PG_PREFECT_PORT}", postgres.check_prefect)]
+    rows = [
+        ("postgres-primary", f"{h}:{config.PG_PRIMARY_PORT}", postgres.check_primary),
+        ("postgres-replica", f"{h}:{config.PG_REPLICA_PORT}", postgres.check_replica),
+        ("postgres-prefect", f"{h}:{config.PG_PREFECT_PORT}", postgres.check_prefect),
+    ]
     for daemon in daemons.ALL:
         if daemon is daemons.NGINX:
             rows.append(("nginx-https", config.API_URL, daemons.nginx_https_check))
@@ -247,8 +267,7 @@ def status() -> list[dict]:
             healthy, detail = check()
         except Exception as exc:  # a check must never crash the report
             healthy, detail = False, f"{type(exc).__name__}: {exc}"
-        result.append({"service": name, "address": address, "healthy": bool(healthy),
-                       "detail": detail})
+        result.append({"service": name, "address": address, "healthy": bool(healthy), "detail": detail})
     return result
 
 
@@ -257,10 +276,10 @@ def format_status(rows: list[dict]) -> str:
     lines = [f"{'SERVICE':<{widths[0]}}  {'ADDRESS':<{widths[1]}}  HEALTHY  DETAIL"]
     for r in rows:
         detail = " ".join(str(r["detail"]).split())  # one line per service
-        lines.append(f"{r['service']:<{widths[0]}}  {r['address']:<{widths[1]}}  "
-                     f"{'yes' if r['healthy'] else 'NO':<7}  {detail}")
+        lines.append(
+            f"{r['service']:<{widths[0]}}  {r['address']:<{widths[1]}}  {'yes' if r['healthy'] else 'NO':<7}  {detail}"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["up", "down", "status", "format_status", "reload_nginx", "remove_app_containers",
-           "SandboxError"]
+__all__ = ["up", "down", "status", "format_status", "reload_nginx", "remove_app_containers", "SandboxError"]

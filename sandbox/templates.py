@@ -3,6 +3,7 @@
 Placeholders are `{{NAME}}` rather than `$NAME` or `{name}` because nginx and
 Prometheus configs use `$` and braces themselves.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ def render_text(text: str, values: dict[str, object]) -> str:
         if key not in values:
             raise KeyError(f"template placeholder {{{{{key}}}}} has no value")
         return str(values[key])
+
     return _PLACEHOLDER.sub(sub, text)
 
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prefect.settings import PREFECT_UI_URL
@@ -42,7 +39,6 @@ class _Stage:
     name: str
     status: str = "pending"
     detail: str = ""
-    seconds: float | None = None
 
 
 @dataclass
@@ -56,10 +52,11 @@ class RunNotifier:
     stage_names: list[str]
     outcome: str = "running"
     _stages: dict[str, _Stage] = field(default_factory=dict)
-    _queue: "queue.Queue[tuple[str, str, SlackMessage | None] | None]" = field(default_factory=queue.Queue)
+    _queue: queue.Queue[tuple[str, str, SlackMessage | None] | None] = field(default_factory=queue.Queue)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _channel: str | None = None
     _ts: str | None = None
+    _blocks: list[dict] | None = None  # Block Kit under the text (the sign-off's buttons); [] once removed
     sent: int = 0
     failed: int = 0
 
@@ -72,29 +69,15 @@ class RunNotifier:
 
     # -- what the flow calls -------------------------------------------------------------
 
-    def stage(self, name: str, status: str, detail: str = "", seconds: float | None = None) -> None:
+    def stage(self, name: str, status: str, detail: str | None = None) -> None:
+        """Show ``name`` as ``status``; without a detail it keeps the one shown (the sign-off's
+        "4/4 signed: …" once the runner marks that stage passed)."""
         with self._lock:
             stage = self._stages.setdefault(name, _Stage(name))
-            stage.status, stage.detail = status, detail
-            if seconds is not None:
-                stage.seconds = seconds
+            stage.status = status
+            if detail is not None:
+                stage.detail = detail
         self._enqueue("update", "")
-
-    @contextmanager
-    def running(self, name: str) -> Iterator[None]:
-        """Mark ``name`` running, then passed or failed (with the error), timing it."""
-        started = time.monotonic()
-        self.stage(name, "running")
-        try:
-            yield
-        except BaseException as exc:
-            self.stage(name, "failed", str(exc)[:300], seconds=time.monotonic() - started)
-            raise
-        self.stage(name, "passed", seconds=time.monotonic() - started)
-
-    def timings(self) -> dict[str, float]:
-        with self._lock:
-            return {s.name: round(s.seconds, 2) for s in self._stages.values() if s.seconds is not None}
 
     def finish(self, outcome: str) -> None:
         with self._lock:
@@ -103,6 +86,12 @@ class RunNotifier:
 
     def reply(self, text: str) -> None:
         self._enqueue("reply", text)
+
+    def attach_blocks(self, blocks: list[dict] | None) -> None:
+        """Show Block Kit ``blocks`` under the run's text (None removes them); the message is updated."""
+        with self._lock:
+            self._blocks = list(blocks) if blocks else ([] if self._blocks is not None else None)
+        self._enqueue("update", "")
 
     @property
     def message(self) -> SlackMessage | None:
@@ -135,6 +124,16 @@ class RunNotifier:
             lines.append(f"<{self.run_url}|Open the run in Prefect>")
         return "\n".join(lines)
 
+    def _body(self) -> dict:
+        text = self.render()
+        with self._lock:
+            extra = self._blocks
+        if extra is None:
+            return {"text": text}
+        # The text stays the notification's fallback; [] tells Slack to drop blocks shown before.
+        head = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}] if extra else []
+        return {"text": text, "blocks": head + extra}
+
     # -- the background sender -----------------------------------------------------------
 
     def _enqueue(self, kind: str, text: str, message: SlackMessage | None = None) -> None:
@@ -164,14 +163,14 @@ class RunNotifier:
                 self.sent += 1
                 return
             if self._ts is None:
-                response = self._client.chat_postMessage(channel=self.slack.channel, text=self.render())
+                response = self._client.chat_postMessage(channel=self.slack.channel, **self._body())
                 self._channel, self._ts = response["channel"], response["ts"]
                 self.logger.info("Slack: posted the run's message")
                 if kind == "update":
                     self.sent += 1
                     return
             if kind == "update":
-                self._client.chat_update(channel=self._channel, ts=self._ts, text=self.render())
+                self._client.chat_update(channel=self._channel, ts=self._ts, **self._body())
                 self.logger.info("Slack: updated the run's message")
             else:
                 self._client.chat_postMessage(channel=self._channel, thread_ts=self._ts, text=text)

@@ -20,13 +20,14 @@ from psycopg import sql
 
 from blocks.database import PostgresDatabase
 from sandbox import config
-from tasks.database import storage as backup_storage
-from tasks.database import manifest as pg_manifest
-from tasks.database import tools as pg_tools
-from tasks.database import backup as db
-from tasks.database import restore
 from tasks.core.errors import PermanentError
 from tasks.core.models import Verdict
+from tasks.database import backup as db
+from tasks.database import integrity, migrations, restore
+from tasks.database import manifest as pg_manifest
+from tasks.database import preflight as db_preflight
+from tasks.database import storage as backup_storage
+from tasks.database import tools as pg_tools
 
 pytestmark = pytest.mark.sandbox
 
@@ -41,7 +42,9 @@ def superuser() -> psycopg.Connection:
 def scratch_db():
     name = f"architect_test_{uuid.uuid4().hex[:10]}"
     with superuser() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(config.PG_USER)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(config.PG_USER))
+        )
     wait_until_replica_has(name)
     yield name
     with superuser() as conn:
@@ -61,9 +64,17 @@ def wait_until_replica_has(dbname: str, timeout_s: float = 15) -> None:
 
 def make_database(dbname: str, storage, **fields) -> PostgresDatabase:
     return PostgresDatabase(
-        host=config.HOST, port=config.PG_PRIMARY_PORT, replica_host=config.HOST, replica_port=config.PG_REPLICA_PORT,
-        dbname=dbname, user=config.PG_USER, password=config.load_secrets()["architect_db_password"],
-        sslmode="disable", backup_storage=storage, **fields)
+        host=config.HOST,
+        port=config.PG_PRIMARY_PORT,
+        replica_host=config.HOST,
+        replica_port=config.PG_REPLICA_PORT,
+        dbname=dbname,
+        user=config.PG_USER,
+        password=config.load_secrets()["architect_db_password"],
+        sslmode="disable",
+        backup_storage=storage,
+        **fields,
+    )
 
 
 @pytest.fixture
@@ -79,35 +90,53 @@ def password() -> str:
 def migrate(database: PostgresDatabase, *versions: int) -> None:
     """Apply the app's own up-migrations (and their schema_migrations rows), as its migrate does."""
     with database.connect() as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                     " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
         for version in versions:
             path = next(MIGRATIONS.glob(f"{version:03d}_*.up.sql"))
             with conn.transaction():
                 conn.execute(path.read_text())
-                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                             (version, path.name.split("_", 1)[1].removesuffix(".up.sql")))
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (version, path.name.split("_", 1)[1].removesuffix(".up.sql")),
+                )
 
 
 def seed(database: PostgresDatabase, n: int = 500) -> None:
     with database.connect() as conn:
-        conn.execute("INSERT INTO users (username, password_hash) SELECT 'user' || g, md5(g::text) FROM generate_series(1, 20) g")
-        conn.execute("INSERT INTO sessions (token_hash, user_id, expires_at) SELECT md5('s' || g), 1 + g % 20,"
-                     " now() + interval '1 day' FROM generate_series(1, 30) g")
-        conn.execute("INSERT INTO events (type, source, payload) SELECT 'type' || g %% 7, 'seed',"
-                     " jsonb_build_object('n', g, 'tags', jsonb_build_array('a', g %% 3), 'ratio', g / 7.0)"
-                     " FROM generate_series(1, %s) g", (n,))
-        conn.execute("INSERT INTO errors (kind, message, resolved) SELECT 'E' || g % 5, 'boom ' || g, g % 2 = 0"
-                     " FROM generate_series(1, 50) g")
-        conn.execute("INSERT INTO notifications (user_id, title) SELECT 1 + g % 20, 'hello ' || g FROM generate_series(1, 40) g")
+        conn.execute(
+            "INSERT INTO users (username, password_hash) SELECT 'user' || g, md5(g::text) FROM generate_series(1, 20) g"
+        )
+        conn.execute(
+            "INSERT INTO sessions (token_hash, user_id, expires_at) SELECT md5('s' || g), 1 + g % 20,"
+            " now() + interval '1 day' FROM generate_series(1, 30) g"
+        )
+        conn.execute(
+            "INSERT INTO events (type, source, payload) SELECT 'type' || g %% 7, 'seed',"
+            " jsonb_build_object('n', g, 'tags', jsonb_build_array('a', g %% 3), 'ratio', g / 7.0)"
+            " FROM generate_series(1, %s) g",
+            (n,),
+        )
+        conn.execute(
+            "INSERT INTO errors (kind, message, resolved) SELECT 'E' || g % 5, 'boom ' || g, g % 2 = 0"
+            " FROM generate_series(1, 50) g"
+        )
+        conn.execute(
+            "INSERT INTO notifications (user_id, title) SELECT 1 + g % 20, 'hello ' || g FROM generate_series(1, 40) g"
+        )
 
 
 def in_flow(fn):
     """Run ``fn`` inside a flow on the sandbox's Prefect server; returns (result, flow run id)."""
+
     @flow(name="test-database", persist_result=False)
     def run_it():
         from prefect.runtime import flow_run
+
         return fn(), flow_run.id
+
     return run_it()
 
 
@@ -116,7 +145,9 @@ def artifacts_text(flow_run_id) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return "\n".join(f"{a.key} {a.description} {a.data}" for a in found)
 
 
@@ -161,8 +192,10 @@ def mutate(database: PostgresDatabase) -> None:
     """What a deploy does after the backup: new rows, edits, deletes, a migration and a new table."""
     migrate(database, 3)
     with database.connect() as conn:
-        conn.execute("INSERT INTO events (type, source, severity) SELECT 'late', 'after-backup', 'warning'"
-                     " FROM generate_series(1, 25)")
+        conn.execute(
+            "INSERT INTO events (type, source, severity) SELECT 'late', 'after-backup', 'warning'"
+            " FROM generate_series(1, 25)"
+        )
         conn.execute("UPDATE errors SET resolved = true, resolved_at = now() WHERE id <= 10")
         conn.execute("DELETE FROM notifications WHERE id <= 5")
         conn.execute("CREATE TABLE audit (id serial PRIMARY KEY, event_id bigint REFERENCES events(id), note text)")
@@ -194,7 +227,10 @@ def test_backup_mutate_restore_is_exact_and_keeps_the_password_secret(database, 
     assert pg_manifest.table_checksums(database) == before
     assert not restore.schema_changed_since(database, backup)
     with database.connect() as conn:
-        assert conn.execute("SELECT to_regclass('audit'), to_regclass('events_severity_check')").fetchone() == (None, None)
+        assert conn.execute("SELECT to_regclass('audit'), to_regclass('events_severity_check')").fetchone() == (
+            None,
+            None,
+        )
         columns = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'events'::regclass")}
         assert "severity" not in columns
         # sequences come back too: the next event gets the id after the backup's last one
@@ -223,8 +259,10 @@ def test_restore_of_a_two_table_backup_is_exact(database):
     with database.connect() as conn:
         conn.execute("CREATE TABLE a (id int PRIMARY KEY, v text, at timestamptz DEFAULT now(), p point)")
         conn.execute("CREATE TABLE b (id bigserial PRIMARY KEY, a_id int REFERENCES a(id), amount numeric(12, 3))")
-        conn.execute("INSERT INTO a SELECT g, repeat('v', g % 50), now() - g * interval '1 min', point(g, -g)"
-                     " FROM generate_series(1, 300) g")
+        conn.execute(
+            "INSERT INTO a SELECT g, repeat('v', g % 50), now() - g * interval '1 min', point(g, -g)"
+            " FROM generate_series(1, 300) g"
+        )
         conn.execute("INSERT INTO b (a_id, amount) SELECT 1 + g % 300, g / 3.0 FROM generate_series(1, 1000) g")
     before = pg_manifest.table_checksums(database)
     assert before["public.a"].split(":")[1] == "text"  # point has no hash opclass: the text fallback ran
@@ -269,8 +307,15 @@ def test_pruning_removes_old_backups_but_keeps_the_newest_and_this_one(database)
     backup, _ = in_flow(lambda: db.backup_database(database))
     assert sorted(backup.pruned) == sorted(f"pre-deployment-{now - h * 3600}" for h in (72, 50, 30, 25))
     left = sorted(p.name for p in directory.iterdir())
-    assert left == sorted(["notes.txt", backup.dump_file, backup.manifest_file,
-                           f"pre-deployment-{now - 7200}.dump", f"pre-deployment-{now - 7200}.manifest.json"])
+    assert left == sorted(
+        [
+            "notes.txt",
+            backup.dump_file,
+            backup.manifest_file,
+            f"pre-deployment-{now - 7200}.dump",
+            f"pre-deployment-{now - 7200}.manifest.json",
+        ]
+    )
     # When every backup is past the retention, the newest one still stays.
     database.retention_hours = 1
     assert backup_storage.prune_backups(database, keep=set()) == [f"pre-deployment-{now - 7200}"]
@@ -279,11 +324,18 @@ def test_pruning_removes_old_backups_but_keeps_the_newest_and_this_one(database)
 
 def test_check_database_passes_on_the_healthy_sandbox(database):
     migrate(database, 1, 2)
-    report, _ = in_flow(lambda: db.check_database(database))
+    report, _ = in_flow(lambda: db_preflight.check_database(database))
     checks = {c.name: c for c in report.checks}
     assert report.verdict == Verdict.PASS, report.summary()
-    assert set(checks) == {"database primary", "schema version", "database connections", "backup tools",
-                           "database replica", "replication lag", "backup space"}
+    assert set(checks) == {
+        "database primary",
+        "schema version",
+        "database connections",
+        "backup tools",
+        "database replica",
+        "replication lag",
+        "backup space",
+    }
     assert checks["schema version"].detail == "version 2"
     lag = float(checks["replication lag"].detail.split("s ")[0])
     assert 0 <= lag <= database.max_replication_lag_s
@@ -292,7 +344,7 @@ def test_check_database_passes_on_the_healthy_sandbox(database):
 def test_check_database_fails_sensibly_when_space_or_pool_cannot_suffice(database):
     database.backup_size_ratio = 1e9
     database.pool_max = 1  # our own connection alone is over 80% of it
-    report, _ = in_flow(lambda: db.check_database(database))
+    report, _ = in_flow(lambda: db_preflight.check_database(database))
     failed = {c.name: c.detail for c in report.failures}
     assert set(failed) == {"backup space", "database connections"}
     assert " free, a backup needs about " in failed["backup space"] and "x 1e+09" in failed["backup space"]
@@ -300,29 +352,29 @@ def test_check_database_fails_sensibly_when_space_or_pool_cannot_suffice(databas
 
 def test_check_database_reports_an_unreachable_replica(database):
     database.replica_port = 1
-    report, _ = in_flow(lambda: db.check_database(database))
+    report, _ = in_flow(lambda: db_preflight.check_database(database))
     assert [c.name for c in report.failures] == ["database replica"]
 
 
 def test_verify_schema_and_data_integrity(database):
     migrate(database, 1, 2)
-    ok, _ = in_flow(lambda: db.verify_schema(database, 2))
+    ok, _ = in_flow(lambda: migrations.verify_schema(database, 2))
     assert ok.verdict == Verdict.PASS and [m.version for m in ok.applied] == [1, 2]
-    behind, _ = in_flow(lambda: db.verify_schema(database, 3))
+    behind, _ = in_flow(lambda: migrations.verify_schema(database, 3))
     assert behind.verdict == Verdict.FAIL and behind.missing == [3] and behind.current_version == 2
-    ahead, _ = in_flow(lambda: db.verify_schema(database, 1))  # an older release after a newer one
+    ahead, _ = in_flow(lambda: migrations.verify_schema(database, 1))  # an older release after a newer one
     assert ahead.verdict == Verdict.PASS and ahead.unknown == [2] and "ahead of the image" in ahead.detail
 
-    no_backup, _ = in_flow(lambda: db.check_data_integrity(database, expected_version=2))
+    no_backup, _ = in_flow(lambda: integrity.check_data_integrity(database, expected_version=2))
     assert [c.name for c in no_backup.failures] == ["backups succeeding"]
     backup, _ = in_flow(lambda: db.backup_database(database))
-    report, run_id = in_flow(lambda: db.check_data_integrity(database, backup, expected_version=2))
+    report, run_id = in_flow(lambda: integrity.check_data_integrity(database, backup, expected_version=2))
     assert report.verdict == Verdict.PASS, report.summary()
     assert "data-integrity" in artifacts_text(run_id)
-    pending, _ = in_flow(lambda: db.check_data_integrity(database, backup, expected_version=3))
+    pending, _ = in_flow(lambda: integrity.check_data_integrity(database, backup, expected_version=3))
     assert [c.name for c in pending.failures] == ["migrations complete"]
     Path(database.backup_storage.basepath, backup.dump_file).write_bytes(b"garbage")
-    broken, _ = in_flow(lambda: db.check_data_integrity(database, backup, expected_version=2))
+    broken, _ = in_flow(lambda: integrity.check_data_integrity(database, backup, expected_version=2))
     assert [c.name for c in broken.failures] == ["backups succeeding"]
 
 
@@ -334,7 +386,7 @@ def test_remote_storage_streams_through_fsspec(scratch_db, password, watched):
     backup, _ = in_flow(lambda: db.backup_database(database))
     fs = database.backup_storage.filesystem
     assert fs.size(database.backup_storage._resolve_path(backup.dump_file)) == backup.size_bytes
-    report, _ = in_flow(lambda: db.check_data_integrity(database, backup, expected_version=2))
+    report, _ = in_flow(lambda: integrity.check_data_integrity(database, backup, expected_version=2))
     assert report.verdict == Verdict.PASS, report.summary()
     mutate(database)
     restored, _ = in_flow(lambda: restore.restore_database(database, backup))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tasks.database.manifest import table_checksums
-from tests.conftest import deploy, schema_version, serving_versions
+from tests.support.app_state import schema_version, serving_versions
+from tests.support.deploys import deploy
 
 pytestmark = pytest.mark.sandbox
+
 
 def test_a_migration_that_fails_halfway_leaves_the_database_exactly_as_before(
     sandbox_env, database_at_schema_2, deployed_good_release

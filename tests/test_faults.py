@@ -2,9 +2,10 @@
 deploy; the run must end in a clear state naming why, leave the last good release serving and
 nothing of its own running, and say so in Slack.
 
-Each test stops exactly one sandbox service through the sandbox's own API (by its PID file) and
-brings it back in ``finally``, waiting until ``sandbox.services.status()`` is all healthy again,
-so the tests after it see the sandbox as they expect.
+Each test stops exactly one sandbox service through the sandbox's own API (by its PID file),
+declared with the ``broken_service`` fixture: its finaliser starts the service again and checks
+that every ``sandbox status`` row is healthy, failing the run loudly if the sandbox did not recover.
+Each starts from the good release serving (``deployed_good_release``), whatever ran before.
 """
 
 from __future__ import annotations
@@ -13,38 +14,33 @@ import contextvars
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from sandbox import daemons, postgres
-from tests._fault_helpers import (
-    Trigger,
-    assert_only_good_replicas,
-    assert_slack_told,
-    restored,
-    start_postgres,
-    task_runs_named,
-    task_started,
-)
-from tests.conftest import GOOD, GOOD_WITH_MIGRATION, deploy, schema_version
-from tests.test_staging_deploy import slack_thread_of, task_runs_of
+from tests.support.app_state import assert_only_good_replicas, schema_version
+from tests.support.deploys import GOOD, GOOD_WITH_MIGRATION, deploy
+from tests.support.faults import Trigger
+from tests.support.run_records import assert_slack_told, slack_thread_of, task_runs_named, task_runs_of, task_started
 
 pytestmark = pytest.mark.sandbox
 
 # -- the faults ------------------------------------------------------------------------------
 
 
-def test_database_down_at_preflight_fails_it_and_changes_nothing(sandbox_env, deployed_good_release, slack_messages):
+def test_database_down_at_preflight_fails_it_and_changes_nothing(
+    sandbox_env, deployed_good_release, slack_messages, broken_service
+):
     """The PostgreSQL primary is down when a deploy starts: the run ends Failed with
     "preflight failed:" naming the database check, nothing is built or deployed (target
     history unchanged), the good release keeps serving, Slack has the reason."""
     revisions_before = sandbox_env.target.history()
-    with restored(start_postgres):
-        assert postgres.stop(postgres.PRIMARY), "the primary was not running"
-        state = deploy(*GOOD_WITH_MIGRATION)
+    primary = broken_service("postgres-primary")
+    assert primary.stop(), "the primary was not running"
+    state = deploy(*GOOD_WITH_MIGRATION)
+    broken_service.restore_now()  # the replicas' health and the checks below need the database back
     print(f"final state: {state.type.value}: {state.message}")
     assert state.is_failed()
     assert state.message.startswith("preflight failed:"), state.message
@@ -55,13 +51,16 @@ def test_database_down_at_preflight_fails_it_and_changes_nothing(sandbox_env, de
     assert_slack_told(slack_messages(), state, "preflight failed", "database primary")
 
 
-def test_registry_down_at_push_fails_the_build_and_changes_nothing(sandbox_env, deployed_good_release, slack_messages):
+def test_registry_down_at_push_fails_the_build_and_changes_nothing(
+    sandbox_env, deployed_good_release, slack_messages, broken_service
+):
     """The registry goes down after preflight (when the Go tests start), so the push fails:
     the run ends Failed with "build failed:" naming the docker push, after push_image tried
     three times (two retries on TemporaryError); target history unchanged, good release serving."""
     revisions_before = sandbox_env.target.history()
-    started = datetime.now(timezone.utc)
-    with restored(daemons.REGISTRY.ensure), Trigger(task_started("run_go_tests", started), daemons.REGISTRY.stop) as fault:
+    started = datetime.now(UTC)
+    registry = broken_service("registry")
+    with Trigger(task_started("run_go_tests", started), registry.stop) as fault:
         state = deploy("v3.1.0", "3.1.1-nopush")
     print(f"final state: {state.type.value}: {state.message}")
     fault.assert_fired("the registry was never stopped: the build stage was not seen")
@@ -76,12 +75,15 @@ def test_registry_down_at_push_fails_the_build_and_changes_nothing(sandbox_env, 
     assert_slack_told(slack_messages(), state, "build failed", "docker push failed")
 
 
-def test_prometheus_down_at_the_metrics_gate_rolls_back(sandbox_env, deployed_good_release, slack_messages):
+def test_prometheus_down_at_the_metrics_gate_rolls_back(
+    sandbox_env, deployed_good_release, slack_messages, broken_service
+):
     """Prometheus goes down once the load test starts: the metrics gate cannot read anything,
     which is inconclusive, never a pass; the run ends Failed with "metrics failed:" saying
     inconclusive / unreachable, and the good release is rolled back to and serving."""
-    started = datetime.now(timezone.utc)
-    with restored(daemons.PROMETHEUS.ensure), Trigger(task_started("run_load_test", started), daemons.PROMETHEUS.stop) as fault:
+    started = datetime.now(UTC)
+    prometheus = broken_service("prometheus")
+    with Trigger(task_started("run_load_test", started), prometheus.stop) as fault:
         state = deploy(*GOOD_WITH_MIGRATION)
     print(f"final state: {state.type.value}: {state.message}")
     fault.assert_fired("Prometheus was never stopped: the load stage was not seen")
@@ -98,7 +100,7 @@ def test_a_nightly_run_colliding_with_a_manual_one_is_cancelled(sandbox_env, dep
     """A manual deploy holds the environment's lock; a nightly run (on_collision="cancel") that
     starts meanwhile ends Cancelled saying another deploy runs, runs no stage at all, and the
     manual one completes."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     outcome: dict = {}
     context = contextvars.copy_context()  # keeps the test's Prefect settings in the thread
     manual = threading.Thread(target=context.run, args=(lambda: outcome.update(state=deploy(*GOOD)),), daemon=True)
@@ -122,8 +124,9 @@ def test_a_nightly_run_colliding_with_a_manual_one_is_cancelled(sandbox_env, dep
     posts, updates, _ = slack_thread_of(slack_messages(), nightly)
     assert len(posts) == 1 and "another deploy" in (updates or posts)[-1]["text"], posts + updates
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(
-            flow_run_id=LogFilterFlowRunId(any_=[nightly.state_details.flow_run_id])))
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[nightly.state_details.flow_run_id]))
+        )
     assert logs and not [log.message for log in logs if log.level >= logging.ERROR], "an expected skip logged an ERROR"
 
 

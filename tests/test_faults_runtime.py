@@ -1,38 +1,26 @@
 """The fault matrix (issue 8), while the release runs: a replica killed during the health gate,
 the Docker engine restarted mid-rollout, nginx reloaded during the load test. A background
 load through nginx counts every request that failed meanwhile: users must not see the fault.
+Each starts from the good release serving (``deployed_good_release``); the engine's restart is
+declared with ``broken_service``, whose finaliser checks that the sandbox is whole again.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import docker
 import pytest
 
 from sandbox import daemons
-from tests._fault_helpers import (
-    APP_LABEL,
-    VERSION_LABEL,
-    Trigger,
-    assert_only_good_replicas,
-    assert_slack_told,
-    restored,
-    task_started,
-)
-from tests.background_load import BackgroundLoad
-from tests.conftest import GOOD_WITH_MIGRATION, deploy, serving_versions
+from tests.support.app_state import assert_only_good_replicas, replicas_of, serving_versions
+from tests.support.background_load import BackgroundLoad
+from tests.support.deploys import GOOD_WITH_MIGRATION, deploy
+from tests.support.faults import Trigger
+from tests.support.run_records import assert_slack_told, task_started
 
 pytestmark = pytest.mark.sandbox
-
-
-def replicas_of(sandbox_env, version: str) -> list:
-    client = docker.DockerClient(base_url=sandbox_env.target.docker_host, timeout=10)
-    try:
-        return client.containers.list(filters={"label": [f"{APP_LABEL}=architect-api", f"{VERSION_LABEL}={version}"]})
-    finally:
-        client.close()
 
 
 def test_a_replica_killed_during_the_health_gate_fails_it_and_rolls_back(
@@ -42,7 +30,7 @@ def test_a_replica_killed_during_the_health_gate_fails_it_and_rolls_back(
     every replica healthy three times in a row, so it fails naming that replica; the rollback
     puts the good release back (the killed container removed), and the
     load balancer routes around the dead replica: no request fails."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     killed: list[str] = []
 
     def kill_one_replica() -> None:
@@ -50,8 +38,10 @@ def test_a_replica_killed_during_the_health_gate_fails_it_and_rolls_back(
         killed.append(victim.labels["architect.port"])
         victim.kill()
 
-    with BackgroundLoad(rate=50) as load, Trigger(task_started("check_health", started), kill_one_replica,
-                                                  poll_s=0.1) as fault:
+    with (
+        BackgroundLoad(rate=50) as load,
+        Trigger(task_started("check_health", started), kill_one_replica, poll_s=0.1) as fault,
+    ):
         state = deploy(*GOOD_WITH_MIGRATION)
     print(f"final state: {state.type.value}: {state.message}")
     print(f"background load: {load.sent} requests, {len(load.failures)} failed")
@@ -74,7 +64,7 @@ def restart_engine(down_s: float = 3.0) -> None:
 
 
 def test_the_docker_engine_restarting_mid_rollout_rolls_back_without_downtime(
-    sandbox_env, deployed_good_release, slack_messages
+    sandbox_env, deployed_good_release, slack_messages, broken_service
 ):
     """dockerd restarts while the first replica of the new release is starting. The rollout
     cannot tell what happened (the engine did not answer), so the deploy stage fails and the
@@ -84,9 +74,13 @@ def test_the_docker_engine_restarting_mid_rollout_rolls_back_without_downtime(
     assert client.info().get("LiveRestoreEnabled"), "dockerd runs without --live-restore: restart the sandbox"
     client.close()
     new_version = GOOD_WITH_MIGRATION[1]
-    with restored(daemons.DOCKER.ensure), BackgroundLoad(rate=50) as load, \
-            Trigger(lambda: bool(replicas_of(sandbox_env, new_version)), restart_engine, poll_s=0.1) as fault:
+    broken_service("dockerd")  # restart_engine starts it again itself; the finaliser makes sure
+    with (
+        BackgroundLoad(rate=50) as load,
+        Trigger(lambda: bool(replicas_of(sandbox_env, new_version)), restart_engine, poll_s=0.1) as fault,
+    ):
         state = deploy(*GOOD_WITH_MIGRATION)
+    broken_service.restore_now()
     print(f"final state: {state.type.value}: {state.message}")
     print(f"background load: {load.sent} requests, {len(load.failures)} failed")
     fault.assert_fired("the engine was not restarted: no replica of the new release was seen")
@@ -110,9 +104,11 @@ def test_nginx_reloaded_during_the_load_test_changes_nothing(sandbox_env, deploy
     """nginx re-reads its configuration three times while the load test runs (what a
     certificate rotation does). Reloads are graceful, so the load gate passes, the release goes
     live, and the background load sees no failed request."""
-    started = datetime.now(timezone.utc)
-    with BackgroundLoad(rate=50) as load, Trigger(task_started("run_load_test", started),
-                                                  reload_nginx_three_times) as fault:
+    started = datetime.now(UTC)
+    with (
+        BackgroundLoad(rate=50) as load,
+        Trigger(task_started("run_load_test", started), reload_nginx_three_times) as fault,
+    ):
         state = deploy(*GOOD_WITH_MIGRATION)
     print(f"final state: {state.type.value}: {state.message}")
     print(f"background load: {load.sent} requests, {len(load.failures)} failed")

@@ -11,13 +11,14 @@ columns, schema-driven list merging, RBAC.
 
 from __future__ import annotations
 
-
 import pytest
 
 from blocks.kubernetes.target import KubernetesTarget
 from tests.k8s_emulator import testing
 from tests.k8s_emulator.testing import IMAGES, SLOW
 
+# The emulator runs in the test process: no sandbox needed.
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
@@ -38,15 +39,22 @@ def setup(k8s, tmp_path):
 
 
 def rollout_status(k8s, namespace, check=True):
-    return k8s.kubectl("rollout", "status", "deployment/architect-api", f"--timeout={int(30 * SLOW)}s",
-                       namespace=namespace, check=check)
+    return k8s.kubectl(
+        "rollout",
+        "status",
+        "deployment/architect-api",
+        f"--timeout={int(30 * SLOW)}s",
+        namespace=namespace,
+        check=check,
+    )
 
 
 def test_kubectl_apply_rollout_history_undo_agree_with_the_target(k8s, setup):
     namespace, (ns_file, deployment_file, service_file), target = setup
     k8s.kubectl("apply", "--server-side", "-f", str(ns_file))
-    applied = k8s.kubectl("apply", "--server-side", "-f", str(deployment_file), "-f", str(service_file),
-                          namespace=namespace).stdout
+    applied = k8s.kubectl(
+        "apply", "--server-side", "-f", str(deployment_file), "-f", str(service_file), namespace=namespace
+    ).stdout
     assert "deployment.apps/architect-api serverside-applied" in applied
     assert "service/architect-api serverside-applied" in applied
     k8s.kubectl("set", "image", "deployment/architect-api", f"architect-api={IMAGES['v1']}", namespace=namespace)

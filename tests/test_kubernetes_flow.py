@@ -1,6 +1,6 @@
 """The Kubernetes target through the WHOLE staging-deploy flow, against the API emulator.
 
-Each test runs the real flow in this process (``deploy`` from tests.conftest: real build and push
+Each test runs the real flow in this process (``deploy`` from tests/support/deploys.py: real build and push
 to the sandbox registry, real backup of and schema check on the sandbox database) with an
 environment block that is the sandbox's in everything but two fields: ``target`` is a
 ``KubernetesTarget`` pointed at the emulator (namespace architect-staging, 25 s rollout
@@ -56,8 +56,9 @@ from pydantic import AnyHttpUrl
 
 from blocks.kubernetes.target import KubernetesTarget
 from tasks.database.manifest import table_checksums
-from tests.conftest import deploy
 from tests.k8s_emulator import Emulator, running_emulator, testing
+from tests.support.app_state import schema_version
+from tests.support.deploys import deploy
 
 pytestmark = pytest.mark.sandbox
 
@@ -110,21 +111,35 @@ def saved_copy(base, **changes) -> Iterator[str]:
             client.delete_block_document(doc.id)
 
 
-@pytest.fixture(scope="module")
-def k8s_env(sandbox_env, tmp_path_factory) -> Iterator[K8sFlowEnv]:
-    """The emulator, and a saved copy of the sandbox environment whose target is it (deleted after)."""
-    tmp = tmp_path_factory.mktemp("k8s-flow")
+@contextmanager
+def emulated_cluster(sandbox_env, tmp) -> Iterator[K8sFlowEnv]:
+    """A fresh emulator, and a saved copy of the sandbox environment whose target is it (deleted after)."""
     with running_emulator() as (url, emulator):
         target = KubernetesTarget(host=url, namespace=NAMESPACE, poll_interval_s=0.5)
         cluster = testing.Cluster(url, emulator, testing.write_kubeconfig(url, tmp / "kubeconfig"), tmp / "kube-cache")
-        with saved_copy(sandbox_env, target=target, api_url=AnyHttpUrl(_dead_url()), api_http_url=None,
-                        rollout_timeout_s=ROLLOUT_TIMEOUT_S, health_timeout_s=2.0) as name:
+        with saved_copy(
+            sandbox_env,
+            target=target,
+            api_url=AnyHttpUrl(_dead_url()),
+            api_http_url=None,
+            rollout_timeout_s=ROLLOUT_TIMEOUT_S,
+            health_timeout_s=2.0,
+        ) as name:
             yield K8sFlowEnv(name, emulator, target, cluster, sandbox_env.database)
 
 
-def schema_version(database) -> int:
-    with database.connect() as conn:
-        return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+@pytest.fixture(scope="module")
+def k8s_env(sandbox_env, tmp_path_factory) -> Iterator[K8sFlowEnv]:
+    """One emulated cluster for the module's tests; each makes sure of a live revision itself."""
+    with emulated_cluster(sandbox_env, tmp_path_factory.mktemp("k8s-flow")) as env:
+        yield env
+
+
+@pytest.fixture
+def empty_k8s_env(sandbox_env, tmp_path) -> Iterator[K8sFlowEnv]:
+    """An emulated cluster of the test's own, its namespace empty."""
+    with emulated_cluster(sandbox_env, tmp_path) as env:
+        yield env
 
 
 def good_release(database) -> tuple[str, str]:
@@ -142,7 +157,7 @@ def run(env: K8sFlowEnv, git_ref: str, version: str, **parameters):
 
 
 def ensure_live_revision(env: K8sFlowEnv) -> None:
-    """A good revision running (the first test leaves one; run alone, a test makes its own)."""
+    """A good revision running: made here unless an earlier test of the module left one."""
     if env.target.current_revision() is None:
         state = run(env, *good_release(env.database))
         assert state.is_failed() and "no earlier revision" in state.message, state.message
@@ -154,7 +169,8 @@ def pinned(version: str) -> str:
     return f"127.0.0.1:55000/architect-api:{version}@sha256:"
 
 
-def test_good_release_rolls_out_as_revision_1_then_2_and_the_failed_health_gate_undoes_it(k8s_env):
+def test_good_release_rolls_out_as_revision_1_then_2_and_the_failed_health_gate_undoes_it(empty_k8s_env):
+    k8s_env = empty_k8s_env
     assert k8s_env.revisions() == [], "this test starts from an empty namespace"
     tag, version = good_release(k8s_env.database)
 
@@ -268,8 +284,9 @@ def test_dry_run_changes_nothing_and_leaves_the_diff(k8s_env):
     assert k8s_env.target.current_revision() == live
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
     diff = next((a for a in artifacts if a.key == "dry-run-diff"), None)
     assert diff is not None, [a.key for a in artifacts]
     assert "Deployment architect-api: update" in diff.data and pinned(version) in diff.data

@@ -15,15 +15,21 @@ import pytest
 from pydantic import ValidationError
 
 from blocks.kubernetes.target import KubernetesTarget
-from tasks.core.models import DeployPlan
 from blocks.target import DeployTarget
 from tasks.core.errors import PermanentError, TemporaryError
+from tasks.core.models import DeployPlan
 from tests.k8s_emulator import testing
 from tests.k8s_emulator.testing import IMAGES, SLOW
 
+# The emulator runs in the test process: no sandbox needed.
+pytestmark = pytest.mark.unit
+
 SECRET_VALUE = "s3cr3t-Pa55-do-not-leak-8f2c"
-ENV = {"JWT_SECRET": SECRET_VALUE, "DATABASE_URL": f"postgres://architect:{SECRET_VALUE}@127.0.0.1:55432/x",
-       "ENV": "staging"}
+ENV = {
+    "JWT_SECRET": SECRET_VALUE,
+    "DATABASE_URL": f"postgres://architect:{SECRET_VALUE}@127.0.0.1:55432/x",
+    "ENV": "staging",
+}
 TIMEOUT = 30 * SLOW
 
 
@@ -180,12 +186,18 @@ def test_secret_values_never_reach_logs_or_results(target, k8s, caplog):
         assert SECRET_VALUE not in text and encoded[:16] not in text
     assert "secret architect-secrets" in caplog.text, "the calls are logged, by name only"
     # ... and yet the Secret holds them, and the pods read it with envFrom.
-    stored = k8s.kubectl("get", "secret", "architect-secrets", "-o", "jsonpath={.data.JWT_SECRET}",
-                         namespace=target.namespace).stdout
+    stored = k8s.kubectl(
+        "get", "secret", "architect-secrets", "-o", "jsonpath={.data.JWT_SECRET}", namespace=target.namespace
+    ).stdout
     assert base64.b64decode(stored).decode() == SECRET_VALUE
-    envfrom = k8s.kubectl("get", "deployment", "architect-api", "-o",
-                          "jsonpath={.spec.template.spec.containers[0].envFrom[0].secretRef.name}",
-                          namespace=target.namespace).stdout
+    envfrom = k8s.kubectl(
+        "get",
+        "deployment",
+        "architect-api",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].envFrom[0].secretRef.name}",
+        namespace=target.namespace,
+    ).stdout
     assert envfrom == "architect-secrets"
 
 
@@ -217,12 +229,15 @@ def test_manifest_dir_may_not_leave_the_checkout(tmp_path):
     assert t.with_checkout(repo).model_copy(update={"manifest_dir": "k8s/staging"}).manifests_path().is_dir()
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"host": "http://192.0.2.10:6443"}, "loopback"),
-    ({"host": "https://127.0.0.1:6443", "verify_tls": False}, "cannot be turned off"),
-    ({"namespace": "Bad_Namespace"}, "lowercase name"),
-    ({"in_cluster": True, "host": "https://127.0.0.1:6443"}, "not both"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"host": "http://192.0.2.10:6443"}, "loopback"),
+        ({"host": "https://127.0.0.1:6443", "verify_tls": False}, "cannot be turned off"),
+        ({"namespace": "Bad_Namespace"}, "lowercase name"),
+        ({"in_cluster": True, "host": "https://127.0.0.1:6443"}, "not both"),
+    ],
+)
 def test_invalid_settings_are_refused(fields, message):
     with pytest.raises(ValidationError, match=message):
         KubernetesTarget(**fields)

@@ -7,6 +7,7 @@ are read back from it, as a person would see them in the UI.
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import pytest
@@ -15,8 +16,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from blocks.environment import StagingEnvironment
-from tasks.gates.load.gate import LoadReport, run_load_test
 from tasks.core.models import Verdict
+from tasks.gates.load.gate import LoadReport, run_load_test
 
 pytestmark = pytest.mark.sandbox
 
@@ -30,8 +31,13 @@ def load_gate_check(environment_name: str, path: str | None, duration_s: float) 
 def artifacts_of(flow_run_id) -> dict[str, object]:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return {a.key: a for a in found if a.key}
+
+
+def _rows(artifact) -> list[dict]:
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
 
 
 def check_trustworthy(report: LoadReport) -> None:
@@ -74,3 +80,25 @@ def test_the_api_mix_against_the_deployed_app(sandbox_env, deployed_good_release
     assert light.error_rate < sandbox_env.performance.error_rate_max
     check_trustworthy(report)
     assert report.verdict in (Verdict.PASS, Verdict.INCONCLUSIVE), report.reason
+
+
+def test_the_next_run_compares_itself_with_the_last_passing_one_from_the_run_history(sandbox_env):
+    first = load_gate_check("sandbox", "/static-ok", 4.0, return_state=True)
+    kept: LoadReport = first.result()
+    check_trustworthy(kept)
+    artifacts = artifacts_of(first.state_details.flow_run_id)
+    assert "load-test-data" in artifacts and '"format":1' in artifacts["load-test-data"].data
+    second = load_gate_check("sandbox", "/static-ok", 4.0, return_state=True)
+    report: LoadReport = second.result()
+    check_trustworthy(report)
+    with get_client(sync_client=True) as client:
+        first_name = client.read_flow_run(first.state_details.flow_run_id).name
+    if kept.verdict == Verdict.PASS:  # only a passing load test is a baseline
+        assert report.baseline.source == first_name, report.baseline.summary()
+        [light] = report.baseline.profiles
+        assert {r.name for r in light.rows} == {"p50", "p95", "p99", "error rate"}
+        assert all(r.baseline is not None for r in light.rows)
+        [row] = _rows(artifacts_of(second.state_details.flow_run_id)["load-test-results"])
+        assert row["live release p95 ms"] != "" and row["vs live release"] in ("pass", "fail", "inconclusive")
+    else:
+        assert report.baseline.source != first_name

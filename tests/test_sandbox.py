@@ -1,8 +1,10 @@
 """The local sandbox works for real: every service answers a real request.
 
-Assumes the sandbox is up (`make sandbox-up`). The last test takes it down and
-up again, so keep it last.
+Assumes the sandbox is up (`make sandbox-up`). One test takes it down and up again; it declares
+that with ``broken_service``, whose finaliser brings it up if the test did not and checks every
+service healthy, so the tests after it, in any order, find the sandbox as the others do.
 """
+
 from __future__ import annotations
 
 import socket
@@ -19,6 +21,7 @@ import pytest
 
 from sandbox import config, procs, services
 from sandbox.daemons import redis_command
+from tests.support.faults import Service
 
 pytestmark = pytest.mark.sandbox
 
@@ -26,7 +29,7 @@ ALERTS = {"HighErrorRate", "HighLatency", "DatabaseDown", "CacheDown"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def sandbox_is_up():
+def sandbox_is_up(sandbox_up):
     if not config.SECRETS_FILE.exists():
         pytest.fail(f"no {config.SECRETS_FILE}: run `make sandbox-up` before these tests")
 
@@ -55,14 +58,12 @@ def test_postgres_row_written_on_primary_is_read_on_replica(secrets):
     table = f"sandbox_probe_{uuid.uuid4().hex[:8]}"
     marker = uuid.uuid4().hex
     password = secrets["architect_db_password"]
-    with psycopg.connect(config.pg_conninfo(config.PG_PRIMARY_PORT, password),
-                         autocommit=True) as primary:
+    with psycopg.connect(config.pg_conninfo(config.PG_PRIMARY_PORT, password), autocommit=True) as primary:
         assert primary.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
         primary.execute(f"CREATE TABLE {table} (marker text PRIMARY KEY)")
         try:
             primary.execute(f"INSERT INTO {table} VALUES (%s)", (marker,))
-            with psycopg.connect(config.pg_conninfo(config.PG_REPLICA_PORT, password),
-                                 autocommit=True) as replica:
+            with psycopg.connect(config.pg_conninfo(config.PG_REPLICA_PORT, password), autocommit=True) as replica:
                 assert replica.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
 
                 def replicated():
@@ -70,6 +71,7 @@ def test_postgres_row_written_on_primary_is_read_on_replica(secrets):
                         return replica.execute(f"SELECT marker FROM {table}").fetchall()
                     except psycopg.errors.UndefinedTable:
                         return None
+
                 assert eventually(replicated) == [(marker,)]
                 with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                     replica.execute(f"INSERT INTO {table} VALUES ('nope')")
@@ -79,8 +81,9 @@ def test_postgres_row_written_on_primary_is_read_on_replica(secrets):
 
 def test_architect_owns_the_staging_database(secrets):
     with psycopg.connect(config.pg_conninfo(password=secrets["architect_db_password"])) as conn:
-        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
-                             "WHERE datname = current_database()").fetchone()[0]
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ).fetchone()[0]
         limit = conn.execute("SHOW max_connections").fetchone()[0]
     assert owner == config.PG_USER
     assert limit == "200"
@@ -102,7 +105,7 @@ def test_redis_set_get_with_aof():
 def test_prometheus_has_the_four_alert_rules():
     groups = httpx.get(f"{config.PROMETHEUS_URL}/api/v1/rules").json()["data"]["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"] if r["type"] == "alerting"}
-    assert ALERTS <= set(rules)
+    assert set(rules) >= ALERTS
     assert "http_request_duration_seconds_bucket" in rules["HighLatency"]["query"]
     assert " / " in rules["HighErrorRate"]["query"]
     assert all(rules[name]["health"] == "ok" for name in ALERTS)
@@ -117,12 +120,12 @@ def test_prometheus_scrapes_the_exporters_and_replica_slots():
         if all(t["health"] == "up" for job in ("postgres", "redis") for t in by_job.get(job, [{}])):
             return by_job
         return None
+
     by_job = eventually(targets, timeout=15)
     assert by_job, "postgres/redis exporter targets are not up"
     slots = sorted(t["labels"]["instance"] for t in by_job["architect-api"])
     assert slots == [f"127.0.0.1:{p}" for p in config.APP_SLOT_PORTS]
-    value = httpx.get(f"{config.PROMETHEUS_URL}/api/v1/query",
-                      params={"query": "pg_up"}).json()["data"]["result"]
+    value = httpx.get(f"{config.PROMETHEUS_URL}/api/v1/query", params={"query": "pg_up"}).json()["data"]["result"]
     assert value and value[0]["value"][1] == "1"
 
 
@@ -138,8 +141,7 @@ def test_registry_accepts_a_pushed_scratch_image(tmp_path: Path):
     client = docker.DockerClient(base_url=config.DOCKER_HOST)
     try:
         image, _ = client.images.build(path=str(tmp_path), tag=f"{repo}:{tag}", rm=True)
-        errors = [line for line in client.images.push(repo, tag=tag, stream=True, decode=True)
-                  if "error" in line]
+        errors = [line for line in client.images.push(repo, tag=tag, stream=True, decode=True) if "error" in line]
         assert not errors
         client.images.remove(image.id, force=True)
     finally:
@@ -159,8 +161,7 @@ def test_slack_standin_records_what_slack_sdk_sends(secrets):
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
     posted = client.chat_postMessage(channel="#deployments", text=text, blocks=blocks)
     assert posted["ok"] and posted["channel"].startswith("C") and posted["message"]["text"] == text
-    reply = client.chat_postMessage(channel=posted["channel"], text=text + " reply",
-                                    thread_ts=posted["ts"])
+    reply = client.chat_postMessage(channel=posted["channel"], text=text + " reply", thread_ts=posted["ts"])
     assert float(reply["ts"]) > float(posted["ts"])
     updated = client.chat_update(channel=posted["channel"], ts=posted["ts"], text=text + " done")
     assert updated["ts"] == posted["ts"]
@@ -179,19 +180,15 @@ def test_slack_standin_records_what_slack_sdk_sends(secrets):
 
     records = httpx.get(f"{config.SLACK_CONTROL_URL}/messages").json()
     mine = [r for r in records if (r.get("text") or "").startswith(text)]
-    assert [r["kind"] for r in mine] == ["chat.postMessage", "chat.postMessage", "chat.update",
-                                         "webhook"]
+    assert [r["kind"] for r in mine] == ["chat.postMessage", "chat.postMessage", "chat.update", "webhook"]
     assert mine[0]["blocks"] == blocks and mine[1]["thread_ts"] == posted["ts"]
 
 
-def test_slack_standin_error_mode_answers_500(secrets):
-    control = f"{config.SLACK_CONTROL_URL}/mode"
+def test_slack_standin_error_mode_answers_500(secrets, slack_mode):
     headers = {"Authorization": f"Bearer {secrets['slack_bot_token']}"}
-    try:
-        assert httpx.post(control, json={"mode": "error"}).json()["mode"] == "error"
-        assert httpx.post(f"{config.SLACK_API_URL}auth.test", headers=headers).status_code == 500
-    finally:
-        httpx.post(control, json={"mode": "ok"})
+    slack_mode("error")  # asserts the stand-in says "error"; back to "ok" after the test in any case
+    assert httpx.post(f"{config.SLACK_API_URL}auth.test", headers=headers).status_code == 500
+    slack_mode("ok")
     assert httpx.post(f"{config.SLACK_API_URL}auth.test", headers=headers).json()["ok"] is True
 
 
@@ -219,22 +216,36 @@ def test_nginx_redirects_http_and_serves_verified_https(ca_context):
 
 def test_https_is_rejected_without_the_sandbox_ca():
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{config.API_URL}/nginx-health", verify=ssl.create_default_context(
-            cafile="/etc/ssl/certs/ca-certificates.crt"))
+        httpx.get(
+            f"{config.API_URL}/nginx-health",
+            verify=ssl.create_default_context(cafile="/etc/ssl/certs/ca-certificates.crt"),
+        )
 
 
 def test_status_reports_every_service_healthy():
     rows = services.status()
     assert {r["service"] for r in rows} >= {
-        "postgres-primary", "postgres-replica", "postgres-prefect", "redis", "dockerd", "registry", "prometheus",
-        "nginx-https", "nginx-http", "slack-standin", "prefect-server", "prefect-worker"}
+        "postgres-primary",
+        "postgres-replica",
+        "postgres-prefect",
+        "redis",
+        "dockerd",
+        "registry",
+        "prometheus",
+        "nginx-https",
+        "nginx-http",
+        "slack-standin",
+        "prefect-server",
+        "prefect-worker",
+    }
     assert [r for r in rows if not r["healthy"]] == []
 
 
 def test_the_prefect_server_keeps_its_data_in_its_own_postgresql():
     name = f"sandbox_probe_{uuid.uuid4().hex[:8]}"
-    httpx.post(f"{config.PREFECT_API_URL}/variables/", json={"name": name, "value": "stored"},
-               timeout=10).raise_for_status()
+    httpx.post(
+        f"{config.PREFECT_API_URL}/variables/", json={"name": name, "value": "stored"}, timeout=10
+    ).raise_for_status()
     try:
         with psycopg.connect(config.prefect_conninfo()) as conn:
             row = conn.execute("SELECT value FROM variable WHERE name = %s", (name,)).fetchone()
@@ -243,11 +254,21 @@ def test_the_prefect_server_keeps_its_data_in_its_own_postgresql():
     assert row is not None and row[0] == "stored", row
 
 
-# --- keep last: takes the whole sandbox down and up again ---------------------------
-OUR_PORTS = (config.PG_PRIMARY_PORT, config.PG_REPLICA_PORT, config.PG_PREFECT_PORT, config.REDIS_PORT,
-             config.REGISTRY_PORT, config.PROMETHEUS_PORT, config.POSTGRES_EXPORTER_PORT,
-             config.REDIS_EXPORTER_PORT, config.NGINX_HTTP_PORT, config.NGINX_HTTPS_PORT,
-             config.SLACK_PORT, config.PREFECT_PORT)
+# --- the whole sandbox down and up again ---------------------------------------------
+OUR_PORTS = (
+    config.PG_PRIMARY_PORT,
+    config.PG_REPLICA_PORT,
+    config.PG_PREFECT_PORT,
+    config.REDIS_PORT,
+    config.REGISTRY_PORT,
+    config.PROMETHEUS_PORT,
+    config.POSTGRES_EXPORTER_PORT,
+    config.REDIS_EXPORTER_PORT,
+    config.NGINX_HTTP_PORT,
+    config.NGINX_HTTPS_PORT,
+    config.SLACK_PORT,
+    config.PREFECT_PORT,
+)
 
 
 def _listening(port: int) -> bool:
@@ -257,12 +278,21 @@ def _listening(port: int) -> bool:
 
 
 def _sandbox(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sandbox", *args], cwd=config.REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox", *args], cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
-def test_restart_cycle_down_then_up_is_healthy():
-    down = _sandbox("down", timeout=300)
+def test_restart_cycle_down_then_up_is_healthy(broken_service):
+    whole = broken_service(
+        Service(
+            "the whole sandbox",
+            stop=lambda: _sandbox("down", timeout=300),
+            start=lambda: _sandbox("up", timeout=600),
+            app_survives=False,
+        )
+    )
+    down = whole.stop()
     assert down.returncode == 0, down.stdout + down.stderr
     still = [p for p in OUR_PORTS if _listening(p)]
     assert still == [], f"still listening after down: {still}"
@@ -273,23 +303,5 @@ def test_restart_cycle_down_then_up_is_healthy():
     assert up.returncode in (0, 2), up.stdout + up.stderr
     rows = services.status()
     assert [r for r in rows if not r["healthy"]] == []
-    again = _sandbox("up", timeout=300)   # idempotent: nothing restarted
+    again = _sandbox("up", timeout=300)  # idempotent: nothing restarted
     assert "started" not in again.stdout.replace("not started", ""), again.stdout
-
-
-def test_unmount_detaches_a_bind_mount_that_stays_busy(tmp_path):
-    # What `down` meets now and then right after dockerd exits: its data root's mount still in use.
-    directory = tmp_path / "data-root"
-    directory.mkdir()
-    (directory / "kept").write_text("data")
-    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
-    user = subprocess.Popen(["sleep", "60"], cwd=directory)
-    try:
-        assert subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0, "not busy"
-        assert procs.unmount(directory, busy_wait=0.5)
-        assert procs.mounts_under(directory) == []
-        assert (directory / "kept").read_text() == "data"
-    finally:
-        user.kill()
-        user.wait()
-        procs.unmount(directory, busy_wait=0)

@@ -1,5 +1,15 @@
-"""After every deploy of the session (good, rolled back, rejected): no secret anywhere a person
-or another program can read. Named to run last, when the suite's runs have left their traces."""
+"""No secret anywhere a person or another program can read, after the pipeline's leak-prone paths.
+
+Stands alone, in any order: ``leak_prone_run`` first makes the traces it searches. It deploys
+v3.2.1-brokensmoke from schema 2: the release is built and pushed, the database backed up and
+migrated, replicas started with the app's secrets, the smoke suite logs in and fails, and the run
+rolls back with the database restored, telling Slack all along: every stage that handles a secret.
+The search then reads every place runs write to (runs of tests before this one left their traces
+there too, the worker's runs among them, and are searched with it).
+
+Command lines are sampled for the whole session (``process_arguments``, tests/conftest.py) and
+searched twice: here, and again when the session ends, which covers the tests after this module.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +22,32 @@ import httpx
 import pytest
 
 from sandbox import config
+from tests.support.deploys import deploy, ensure_database_at_schema_2, ensure_good_release
+from tests.support.secret_search import command_lines, find_leaks, secret_values
 
-pytestmark = pytest.mark.sandbox
+LEAK_PRONE = ("v3.2.1-brokensmoke", "3.2.1-brokensmoke")
 
 
-def secret_values() -> dict[str, str]:
-    return {name: value for name, value in config.load_secrets().items() if len(value) >= 8}
+@pytest.fixture(scope="module")
+def leak_prone_run(sandbox_env, process_arguments) -> str:
+    """The id of a deploy's flow run that passed every secret-handling stage, then failed smoke and was rolled back."""
+    ensure_good_release(sandbox_env)
+    ensure_database_at_schema_2(sandbox_env.database)  # so the release migrates, and the rollback restores
+    state = deploy(*LEAK_PRONE)
+    message = state.message or ""
+    assert state.is_failed() and message.startswith("smoke failed:"), (state.type, message)
+    assert "rolled back to revision" in message and "database restored from" in message, message
+    return str(state.state_details.flow_run_id)
 
 
 def prefect_database_dump() -> bytes:
     """Every row of the Prefect server's database, as pg_dump writes it."""
-    return subprocess.run([str(config.PG_BIN / "pg_dump"), "--dbname", config.prefect_conninfo()],
-                          capture_output=True, check=True, timeout=300).stdout
+    return subprocess.run(
+        [str(config.PG_BIN / "pg_dump"), "--dbname", config.prefect_conninfo()],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    ).stdout
 
 
 def places() -> dict[str, bytes]:
@@ -31,53 +55,66 @@ def places() -> dict[str, bytes]:
     parameters, states, results), its result storage, the Slack stand-in's record, and the
     logs of the sandbox's servers, of PostgreSQL and of the app's replicas."""
     found = {"prefect database (pg_dump)": prefect_database_dump()}
-    for path in [*(config.PREFECT_HOME / "storage").glob("**/*"), *config.LOG_DIR.glob("*.log"),
-                 *config.PG_DIR.glob("*.log"), config.SLACK_MESSAGES]:
+    for path in [
+        *(config.PREFECT_HOME / "storage").glob("**/*"),
+        *config.LOG_DIR.glob("*.log"),
+        *config.PG_DIR.glob("*.log"),
+        config.SLACK_MESSAGES,
+    ]:
         if Path(path).is_file():
             found[str(path)] = Path(path).read_bytes()
     found["slack stand-in (API)"] = httpx.get(f"{config.SLACK_CONTROL_URL}/messages", timeout=10).content
     return found
 
 
-def find_leaks(haystacks: dict[str, bytes], secrets: dict[str, str]) -> list[str]:
-    """Each secret, plain or base64 (as Kubernetes Secrets and HTTP basic auth carry it)."""
-    return [
-        f"{secret} in {where}"
-        for where, data in haystacks.items()
-        for secret, value in secrets.items()
-        for form in (value.encode(), base64.b64encode(value.encode()))
-        if form in data
-    ]
-
-
-def test_no_secret_value_appears_in_logs_artifacts_slack_or_the_prefect_database(sandbox_up):
+@pytest.mark.sandbox
+def test_no_secret_value_appears_in_logs_artifacts_slack_or_the_prefect_database(leak_prone_run):
     secrets = secret_values()
     assert {"architect_db_password", "slack_bot_token", "smoke_password", "jwt_secret"} <= set(secrets)
     haystacks = places()
-    assert b"COPY public.flow_run " in haystacks["prefect database (pg_dump)"] and len(haystacks) > 5
+    dump = haystacks["prefect database (pg_dump)"]
+    assert b"COPY public.flow_run " in dump and len(haystacks) > 5
+    assert leak_prone_run.encode() in dump, "the search does not see the run it made"
     assert find_leaks(haystacks, secrets) == []
 
 
-def test_no_secret_value_appears_on_any_command_line_seen_during_the_session(process_arguments):
-    """Every argument list sampled from /proc while the suite's deploys ran (git, go, docker,
-    pg_dump, the app's replicas, the worker's flow runs): no secret in any of them."""
+@pytest.mark.sandbox
+def test_no_secret_value_appears_on_any_command_line_seen_during_the_session(leak_prone_run, process_arguments):
+    """Every argument list sampled from /proc while the session's deploys ran, this module's own
+    included (git, go, docker, pg_dump, the app's replicas, the worker's flow runs): no secret."""
     seen = process_arguments.seen
     assert any(b"architect-api" in argv for argv in seen), "no replica of the app was ever seen running"
     assert any(b"prefect" in argv for argv in seen)
-    assert find_leaks({f"argv {argv[:200]!r}": argv for argv in seen}, secret_values()) == []
+    assert find_leaks(command_lines(seen), secret_values()) == []
 
 
+@pytest.mark.sandbox
 def test_the_argv_search_catches_a_secret_on_a_command_line(process_arguments):
+    """The session's recorder is still sampling, and a secret on a command line is found by it."""
     fake = {"planted": "not-a-real-secret-0f9e8d7c"}
     before = process_arguments.samples
     subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5)", fake["planted"]], check=True)
     assert process_arguments.samples > before, "the recorder stopped sampling"
-    leaks = find_leaks({f"argv {argv[:200]!r}": argv for argv in process_arguments.seen}, fake)
+    leaks = find_leaks(command_lines(process_arguments.seen), fake)
     assert len(leaks) == 1 and leaks[0].startswith("planted in argv"), leaks
 
 
+@pytest.mark.sandbox
 def test_the_search_finds_a_planted_secret_plain_and_base64(sandbox_up):
     secrets = secret_values()
     value = secrets["smoke_password"]
-    planted = {"plain.log": f"login with {value}".encode(), "b64.json": base64.b64encode(value.encode()), "clean": b"ok"}
+    planted = {
+        "plain.log": f"login with {value}".encode(),
+        "b64.json": base64.b64encode(value.encode()),
+        "clean": b"ok",
+    }
     assert find_leaks(planted, secrets) == ["smoke_password in plain.log", "smoke_password in b64.json"]
+
+
+@pytest.mark.unit
+def test_a_secret_on_a_command_line_is_reported_by_program_never_by_its_arguments():
+    value = "stand-in-secret-5d1c"
+    seen = {b"/usr/bin/tool\0--password\0" + value.encode(), b"/usr/bin/other\0--quiet"}
+    leaks = find_leaks(command_lines(seen), {"password": value})
+    assert len(leaks) == 1 and leaks[0].startswith("password in argv #") and "/usr/bin/tool" in leaks[0], leaks
+    assert value not in leaks[0]

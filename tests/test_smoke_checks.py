@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import threading
 
+import httpx
 import pytest
 
 from blocks.database import PostgresDatabase
 from blocks.docker.target import DockerTarget
 from blocks.environment import StagingEnvironment
 from blocks.registry import ImageRegistry
-from tasks.gates.health import Redactor, check_health
 from tasks.core.models import Verdict
+from tasks.core.redaction import MASK, Redactor
+from tasks.gates.health import check_health, health_problem
 from tasks.gates.smoke.suite import SMOKE_CHECKS, run_smoke_suite
-from tests._fake_api import PASSWORD, FakeApi
+from tests.support.fake_api import PASSWORD, FakeApi
 
 ALL_SMOKE = [name for name, _ in SMOKE_CHECKS] + ["security: certificate valid", "security: rate limiting"]
 
@@ -43,9 +45,15 @@ BREAKS = {
 
 def environment_for(api: FakeApi, **overrides) -> StagingEnvironment:
     fields = dict(
-        kind="sandbox", app_repo="/nonexistent", api_url=api.https_url, api_http_url=api.http_url,
-        ca_bundle=str(api.ca), target=DockerTarget(), registry=ImageRegistry(address="127.0.0.1:1"),
-        database=PostgresDatabase(password="db-secret-not-used"), prometheus_url="http://127.0.0.1:1",
+        kind="sandbox",
+        app_repo="/nonexistent",
+        api_url=api.https_url,
+        api_http_url=api.http_url,
+        ca_bundle=str(api.ca),
+        target=DockerTarget(),
+        registry=ImageRegistry(address="127.0.0.1:1"),
+        database=PostgresDatabase(password="db-secret-not-used"),
+        prometheus_url="http://127.0.0.1:1",
         smoke_password=PASSWORD,
     )
     return StagingEnvironment(**(fields | overrides))
@@ -74,6 +82,7 @@ def assert_no_secrets(report, *secrets: str) -> None:
         assert secret not in dumped
 
 
+@pytest.mark.unit
 def test_good_app_passes_every_check(api):
     report = run_smoke_suite.fn(environment_for(api))
     assert sorted(verdicts(report)) == sorted(ALL_SMOKE) and len(report.checks) == len(ALL_SMOKE)
@@ -87,6 +96,7 @@ def test_good_app_passes_every_check(api):
     assert api.app.events == {}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fault", sorted(BREAKS))
 def test_each_broken_behaviour_fails_exactly_its_check(api, fault):
     api.app.faults.add(fault)
@@ -100,19 +110,24 @@ def test_each_broken_behaviour_fails_exactly_its_check(api, fault):
     assert_no_secrets(report, PASSWORD, *api.app.sessions)
 
 
+@pytest.mark.unit
 def test_failure_shows_status_and_body_excerpt(api):
     api.app.faults.add("resolve_500")
-    check = next(c for c in run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0).checks
-                 if c.name == "errors: resolve")
+    check = next(
+        c
+        for c in run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0).checks
+        if c.name == "errors: resolve"
+    )
     assert check.response.startswith("500 ") and '"internal"' in check.response
     assert "POST /api/v1/errors/" in check.request and check.request.endswith("/resolve")
 
 
+@pytest.mark.unit
 def test_broken_login_fails_what_needs_a_session_and_redacts_the_echoed_password(api):
     api.app.faults.add("login_500_echo")
     report = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
     login = report.checks[0]
-    assert login.verdict == Verdict.FAIL and login.response.startswith("500 ") and "***" in login.response
+    assert login.verdict == Verdict.FAIL and login.response.startswith("500 ") and MASK in login.response
     assert_no_secrets(report, PASSWORD)
     # checks that need no session still run and pass: one failure hides nothing else
     assert verdicts(report)["errors: create without auth"] == Verdict.PASS
@@ -120,6 +135,7 @@ def test_broken_login_fails_what_needs_a_session_and_redacts_the_echoed_password
     assert "no session" in next(c.detail for c in report.checks if c.name == "events: get one")
 
 
+@pytest.mark.unit
 def test_certificate_near_expiry_fails_only_that_check(tmp_path):
     api = FakeApi(tmp_path, cert_days=5)
     try:
@@ -131,8 +147,9 @@ def test_certificate_near_expiry_fails_only_that_check(tmp_path):
     assert "expires in 4." in failed[0].detail or "expires in 5." in failed[0].detail
 
 
+@pytest.mark.unit
 def test_untrusted_certificate_fails_https_checks_without_crashing(api, tmp_path):
-    from tests._fake_api import make_tls
+    from tests.support.fake_api import make_tls
 
     other_ca, _, _ = make_tls(tmp_path)  # a CA that did not sign the server's certificate
     report = run_smoke_suite.fn(environment_for(api, ca_bundle=str(other_ca)), rate_limit_wait_max_s=0)
@@ -141,26 +158,32 @@ def test_untrusted_certificate_fails_https_checks_without_crashing(api, tmp_path
     assert cert.verdict == Verdict.FAIL and "certificate verify failed" in cert.detail.lower()
 
 
+@pytest.mark.unit
 def test_https_redirect_without_http_url_on_custom_port_fails_with_reason(api):
     report = run_smoke_suite.fn(environment_for(api, api_http_url=None), rate_limit_wait_max_s=0)
     check = next(c for c in report.checks if c.name == "security: HTTPS enforced")
     assert check.verdict == Verdict.FAIL and "api_http_url" in check.detail
 
 
+@pytest.mark.unit
 def test_redactor_hides_every_secret():
     redact = Redactor(["hunter2", "", "tok123"])
-    assert redact('{"password":"hunter2","session":"tok123"}') == '{"password":"***","session":"***"}'
+    assert redact('{"password":"hunter2","session":"tok123"}') == f'{{"password":"{MASK}","session":"{MASK}"}}'
 
 
 # --------------------------------------------------------------------------- health gate
 
 
+@pytest.mark.unit
 def test_health_passes_for_healthy_replicas_and_balancer(api):
     report = check_health.fn(environment_for(api), [api.replica_url], deadline_s=5)
-    assert verdicts(report) == {f"replica {api.replica_url}": Verdict.PASS,
-                                f"load balancer {api.https_url}/": Verdict.PASS}
+    assert verdicts(report) == {
+        f"replica {api.replica_url}": Verdict.PASS,
+        f"load balancer {api.https_url}/": Verdict.PASS,
+    }
 
 
+@pytest.mark.unit
 def test_health_fails_an_unhealthy_replica_after_the_deadline(api):
     api.app.faults.add("replica_unhealthy")
     report = check_health.fn(environment_for(api), [api.replica_url], deadline_s=1.5)
@@ -170,6 +193,7 @@ def test_health_fails_an_unhealthy_replica_after_the_deadline(api):
     assert report.checks[1].verdict == Verdict.PASS  # the balancer (TLS) side is healthy
 
 
+@pytest.mark.unit
 def test_health_waits_for_a_restarting_replica(api):
     api.app.faults.add("replica_unhealthy")
     threading.Timer(1.2, api.app.faults.discard, args=("replica_unhealthy",)).start()
@@ -178,15 +202,69 @@ def test_health_waits_for_a_restarting_replica(api):
     assert "attempt 1)" not in report.checks[0].detail  # it took more than one look
 
 
+@pytest.mark.unit
 def test_health_fails_an_unreachable_replica(api):
     report = check_health.fn(environment_for(api), ["http://127.0.0.1:9"], deadline_s=0.5)
     assert report.checks[0].verdict == Verdict.FAIL and "ConnectError" in report.checks[0].detail
 
 
+@pytest.mark.unit
 def test_health_component_degraded_fails(api):
     api.app.faults.add("component_degraded")
     report = check_health.fn(environment_for(api), [api.replica_url], deadline_s=0.5)
     assert all(c.verdict == Verdict.FAIL and "cache" in c.detail for c in report.checks)
+
+
+@pytest.mark.unit
+def test_health_gate_and_smoke_check_give_the_same_judgement(api):
+    api.app.faults.add("component_degraded")
+    gate = check_health.fn(environment_for(api), [api.replica_url], deadline_s=0.5)
+    smoke = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
+    check = next(c for c in smoke.checks if c.name == "health: all components healthy")
+    judgement = "components not healthy: {'cache': 'degraded'}"
+    assert check.verdict == Verdict.FAIL and check.detail == judgement
+    assert all(c.detail.startswith(judgement) for c in gate.checks)
+
+
+# --------------------------------------------------------------------------- the /health judgement
+
+HEALTHY = {"status": "healthy", "components": {"database": "healthy", "cache": "healthy"}}
+
+
+@pytest.mark.unit
+def test_health_problem_passes_only_a_200_with_every_component_healthy():
+    assert health_problem(httpx.Response(200, json=HEALTHY)) is None
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "status, body, problem",
+    [
+        (
+            503,
+            {"status": "unhealthy", "components": {"database": "unhealthy", "cache": "healthy"}},
+            "status 503; components not healthy: {'database': 'unhealthy'}",
+        ),
+        (500, None, "status 500"),
+        (
+            200,
+            {"status": "healthy", "components": {"database": "healthy", "cache": "degraded"}},
+            "components not healthy: {'cache': 'degraded'}",
+        ),
+        (200, {"status": "degraded", "components": {"database": "healthy"}}, "status field is 'degraded'"),
+        (200, {"status": "healthy", "components": {}}, "no components reported"),
+        (200, {"status": "healthy"}, "no components reported"),
+        (200, ["healthy"], "body is not a JSON object"),
+        (200, "<html>ok</html>", "body is not a JSON object"),
+    ],
+)
+def test_health_problem_names_what_is_wrong(status, body, problem):
+    response = (
+        httpx.Response(status, text=body)
+        if isinstance(body, str) or body is None
+        else httpx.Response(status, json=body)
+    )
+    assert health_problem(response) == problem
 
 
 # --------------------------------------------------------------------------- the real sandbox
@@ -220,8 +298,9 @@ def test_smoke_and_health_tasks_publish_table_artifacts(api, sandbox_up):
     health, smoke = state.result()
     assert health.verdict == Verdict.PASS and smoke.verdict == Verdict.PASS
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
     by_key = {a.key: a for a in artifacts}
     assert set(by_key) == {"health-gate", "smoke-gate"}
     rows = by_key["smoke-gate"].data

@@ -1,4 +1,9 @@
-"""The staging-deploy flow end to end on the Docker target, against the real sandbox."""
+"""The staging-deploy flow end to end on the Docker target, against the real sandbox.
+
+Each test starts from the state its fixtures set up (the good release serving, a private copy of
+the app repository or of the environment, a Slack outage that ends with the test), never from
+what an earlier test left.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,8 @@ import json
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -18,15 +22,16 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
-    FlowRunFilterId,
     FlowRunFilterStartTime,
 )
-from prefect.flow_runs import resume_flow_run
 from prefect.deployments import run_deployment
+from prefect.flow_runs import resume_flow_run
 
-from sandbox import config
-from tests.background_load import BackgroundLoad
-from tests.conftest import GOOD, api_health, deploy, serving_versions
+from tests.support.app_state import api_health, serving_versions
+from tests.support.background_load import BackgroundLoad
+from tests.support.deploys import GOOD, deploy
+from tests.support.run_records import slack_thread_of, task_runs_of
+from tests.support.signoff import signed_input
 
 pytestmark = pytest.mark.sandbox
 
@@ -40,23 +45,6 @@ def wait_for_final_state(flow_run_id, timeout_s: float):
                 return state
             time.sleep(2)
     raise AssertionError(f"flow run {flow_run_id} did not finish within {timeout_s} s")
-
-
-def slack_thread_of(messages: list[dict], state) -> tuple[list[dict], list[dict], list[dict]]:
-    """The run's own Slack message (posts, updates) and the replies in its thread."""
-    run_id = str(state.state_details.flow_run_id)
-    posts = [m for m in messages if m["kind"] == "chat.postMessage" and not m.get("thread_ts") and run_id in m["text"]]
-    timestamps = {m["ts"] for m in posts}
-    updates = [m for m in messages if m["kind"] == "chat.update" and m["ts"] in timestamps]
-    replies = [m for m in messages if m.get("thread_ts") in timestamps]
-    return posts, updates, replies
-
-
-def task_runs_of(state) -> list:
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
 
 
 @pytest.mark.parametrize(
@@ -123,7 +111,9 @@ def test_bad_release_is_rolled_back_automatically(
 
 def test_failing_go_test_never_touches_the_target(sandbox_env, deployed_good_release, app_repo_copy, environment_copy):
     failing = app_repo_copy / "cmd" / "architect" / "zz_release_gate_test.go"
-    failing.write_text('package main\n\nimport "testing"\n\nfunc TestReleaseGate(t *testing.T) { t.Fatal("deliberately failing") }\n')
+    failing.write_text(
+        'package main\n\nimport "testing"\n\nfunc TestReleaseGate(t *testing.T) { t.Fatal("deliberately failing") }\n'
+    )
     git = ["git", "-C", str(app_repo_copy), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "checkout", "--quiet", "-b", "failing-test", "v3.1.0"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
@@ -141,20 +131,22 @@ def test_failing_go_test_never_touches_the_target(sandbox_env, deployed_good_rel
 
 
 @pytest.mark.parametrize("mode", ["hang", "error"])
-def test_a_dead_slack_does_not_change_the_outcome(sandbox_env, deployed_good_release, mode):
+def test_a_dead_slack_does_not_change_the_outcome(sandbox_env, deployed_good_release, slack_mode, mode):
     """Slack hangs (every call times out) or answers errors for the whole run: the deploy completes."""
-    httpx.post(f"{config.SLACK_CONTROL_URL}/mode", json={"mode": mode}, timeout=5).raise_for_status()
-    try:
-        state = deploy(*GOOD)
-    finally:
-        httpx.post(f"{config.SLACK_CONTROL_URL}/mode", json={"mode": "ok"}, timeout=5)
+    slack_mode(mode)
+    state = deploy(*GOOD)
     assert state.is_completed(), state.message
     assert serving_versions(sandbox_env) == {GOOD[1]}
 
 
 def test_two_manual_triggers_never_deploy_at_the_same_time(sandbox_env, deployed_good_release, registered_deployments):
-    parameters = {"git_ref": GOOD[0], "version": GOOD[1], "environment": "sandbox", "load_duration_s": 4.0,
-                  "skip_signoff": True}
+    parameters = {
+        "git_ref": GOOD[0],
+        "version": GOOD[1],
+        "environment": "sandbox",
+        "load_duration_s": 4.0,
+        "skip_signoff": True,
+    }
     runs = [run_deployment("staging-deploy/manual", parameters=parameters, timeout=0) for _ in range(2)]
     states = [wait_for_final_state(run.id, timeout_s=900) for run in runs]
     assert all(state.is_completed() for state in states), [s.message for s in states]
@@ -184,8 +176,17 @@ def test_good_release_passes_every_gate_with_its_reports(sandbox_env, deployed_g
     state = deploy(*GOOD)
     assert state.is_completed(), state.message
     keys = artifact_keys_of(state)
-    for key in ("preflight", "build-tests", "rollout", "health-gate", "smoke-gate", "load-test-results",
-                "load-test-report", "metrics-gate", "stage-timings"):
+    for key in (
+        "preflight",
+        "build-tests",
+        "rollout",
+        "health-gate",
+        "smoke-gate",
+        "load-test-results",
+        "load-test-report",
+        "metrics-gate",
+        "stage-timings",
+    ):
         assert key in keys, f"artifact {key} missing"
 
 
@@ -200,7 +201,9 @@ def test_good_release_passes_every_gate_with_its_reports(sandbox_env, deployed_g
         ("v3.2.1-brokensmoke", "3.2.1-brokensmoke", "smoke", ["smoke failed: auth: logout clears the session"]),
     ],
 )
-def test_a_release_that_fails_a_gate_is_rolled_back(sandbox_env, deployed_good_release, git_ref, version, failing_stage, expected):
+def test_a_release_that_fails_a_gate_is_rolled_back(
+    sandbox_env, deployed_good_release, git_ref, version, failing_stage, expected
+):
     state = deploy(git_ref, version)
     assert state.is_failed()
     assert state.message.startswith(f"{failing_stage} failed:"), state.message
@@ -215,16 +218,18 @@ def test_a_release_that_fails_a_gate_is_rolled_back(sandbox_env, deployed_good_r
 
 def test_a_rejected_sign_off_rolls_the_release_back(sandbox_env, deployed_good_release):
     """The whole flow up to the leads' pause; the security lead rejects; the release goes."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     outcome = {}
     context = contextvars.copy_context()  # keeps the test's Prefect settings in the thread
-    runner = threading.Thread(target=context.run, args=(lambda: outcome.update(state=deploy(
-        "v3.2.0", "3.2.0", skip_signoff=False, signoff_timeout_h=0.25)),), daemon=True)
+    runner = threading.Thread(
+        target=context.run,
+        args=(lambda: outcome.update(state=deploy("v3.2.0", "3.2.0", skip_signoff=False, signoff_timeout_h=0.25)),),
+        daemon=True,
+    )
     runner.start()
     run_id = wait_for_paused_deploy(started, timeout_s=600)
     assert serving_versions(sandbox_env) == {"3.2.0"}, "the release is live while the leads look at it"
-    resume_flow_run(run_id, run_input={"role": "security", "name": "Sam Security", "decision": "reject",
-                                       "notes": "CORS allows too much"}, _sync=True)
+    resume_flow_run(run_id, run_input=signed_input(run_id, "security", "reject", "CORS allows too much"), _sync=True)
     runner.join(300)
     state = outcome["state"]
     assert state.is_failed()

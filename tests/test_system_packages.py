@@ -26,9 +26,28 @@ PYPROJECT = programs.REPO_ROOT / "pyproject.toml"
 
 # Programs the scanner must find: if one goes missing, the scanner went blind, not the code clean.
 WELL_KNOWN = {
-    "go", "git", "pg_dump", "pg_restore", "psql", "initdb", "pg_ctl", "pg_basebackup", "runuser",
-    "nginx", "prometheus", "promtool", "redis-server", "docker-registry", "dockerd", "kubectl",
-    "chromium", "wrk", "hey", "mount", "umount", "bash",
+    "go",
+    "git",
+    "pg_dump",
+    "pg_restore",
+    "psql",
+    "initdb",
+    "pg_ctl",
+    "pg_basebackup",
+    "runuser",
+    "nginx",
+    "prometheus",
+    "promtool",
+    "redis-server",
+    "docker-registry",
+    "dockerd",
+    "kubectl",
+    "chromium",
+    "wrk",
+    "hey",
+    "mount",
+    "umount",
+    "bash",
 }
 # Installed on the base image, needed by no listed package: the first one present is the example
 # of a real program whose package the list does not account for.
@@ -58,17 +77,22 @@ def test_every_program_the_project_starts_is_installed_by_the_list(started: dict
     verdicts = programs.check(started, read_list(), PYPROJECT)
     refused = [verdicts[name] for name in sorted(verdicts) if not verdicts[name].accepted]
     if refused:
-        pytest.fail("programs the project starts that nothing it declares installs (add the package to "
-                    "system-packages.txt, with its origin and why):\n"
-                    + "\n".join(f"  {v}\n      started at {_where(started[v.program])}" for v in refused),
-                    pytrace=False)
+        pytest.fail(
+            "programs the project starts that nothing it declares installs (add the package to "
+            "system-packages.txt, with its origin and why):\n"
+            + "\n".join(f"  {v}\n      started at {_where(started[v.program])}" for v in refused),
+            pytrace=False,
+        )
 
 
 def test_the_scanner_understands_every_launch(scanned: programs.Scan) -> None:
     if scanned.unresolved:
-        pytest.fail("launches whose program the scanner cannot work out; write argv[0] so it can be read (a literal, "
-                    "a module constant, a function returning a list), or declare the program in "
-                    "tests/support/programs.py:\n" + "\n".join(f"  {u}" for u in scanned.unresolved), pytrace=False)
+        pytest.fail(
+            "launches whose program the scanner cannot work out; write argv[0] so it can be read (a literal, "
+            "a module constant, a function returning a list), or declare the program in "
+            "tests/support/programs.py:\n" + "\n".join(f"  {u}" for u in scanned.unresolved),
+            pytrace=False,
+        )
 
 
 def test_the_declared_programs_are_still_where_they_are_declared() -> None:
@@ -84,7 +108,7 @@ def test_the_scanner_finds_the_programs_everyone_knows_the_project_starts(scanne
     assert any(site.path.startswith("sandbox/") for site in scanned.programs["redis-server"])
 
 
-SYNTHETIC = textwrap.dedent('''\
+SYNTHETIC = textwrap.dedent("""\
     import subprocess
 
 
@@ -100,7 +124,7 @@ SYNTHETIC = textwrap.dedent('''\
         subprocess.run(["cowsay", "hi"])
         _go(["figlet", "-f", "big", "hello"])
         _quietly(["lolcat"])
-''')
+""")
 
 
 def test_a_program_nothing_installs_is_found_and_refused(tmp_path: Path) -> None:
@@ -136,15 +160,19 @@ def test_an_installed_program_whose_package_is_not_listed_is_refused() -> None:
 def test_every_entry_of_the_list_is_a_real_package_or_file() -> None:
     entries = read_list()
     wanted = sorted(e.name for e in entries if not e.is_file)
-    shown = subprocess.run(["apt-cache", "show", "--no-all-versions", *wanted], capture_output=True, text=True,
-                           check=False).stdout
+    shown = subprocess.run(
+        ["apt-cache", "show", "--no-all-versions", *wanted], capture_output=True, text=True, check=False
+    ).stdout
     known = {line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Package:")}
     installed = programs.DebianPackages.read().installed
     unknown = [name for name in wanted if name not in known and name not in installed]
     assert not unknown, f"not Debian package names (apt-cache show, dpkg): {unknown}"
 
-    base_missing = [e.name for e in entries if e.origin == "base"
-                    and not (Path(e.name).exists() if e.is_file else e.name in installed)]
+    base_missing = [
+        e.name
+        for e in entries
+        if e.origin == "base" and not (Path(e.name).exists() if e.is_file else e.name in installed)
+    ]
     assert not base_missing, f"the base image should ship these, and this machine lacks them: {base_missing}"
 
 

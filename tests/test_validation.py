@@ -14,6 +14,8 @@ from blocks.environment import PerformanceTargets
 from blocks.registry import ImageRegistry
 from blocks.validation import MAX_INPUT_LENGTH, check_git_ref, check_semver
 
+pytestmark = pytest.mark.unit
+
 SHELL_METACHARACTERS = ";|&$`<>(){}[]*?!\\\"' \n\t~#"
 
 numbers = st.integers(min_value=0, max_value=10_000).map(str)
@@ -22,7 +24,10 @@ identifiers = st.text(string.ascii_letters + string.digits + "-", min_size=1, ma
 )
 semvers = st.builds(
     lambda major, minor, patch, pre: f"{major}.{minor}.{patch}" + (f"-{'.'.join(pre)}" if pre else ""),
-    numbers, numbers, numbers, st.lists(identifiers, max_size=3),
+    numbers,
+    numbers,
+    numbers,
+    st.lists(identifiers, max_size=3),
 )
 
 
@@ -37,7 +42,10 @@ def test_a_version_with_a_shell_metacharacter_is_refused(text, meta):
         check_semver(text[: len(text) // 2] + meta + text[len(text) // 2 :])
 
 
-@given(st.text(alphabet=string.ascii_letters + string.digits + "._/-", min_size=1, max_size=30), st.sampled_from(SHELL_METACHARACTERS))
+@given(
+    st.text(alphabet=string.ascii_letters + string.digits + "._/-", min_size=1, max_size=30),
+    st.sampled_from(SHELL_METACHARACTERS),
+)
 def test_a_ref_with_a_shell_metacharacter_is_refused(text, meta):
     with pytest.raises(ValueError, match="not a plain git branch"):
         check_git_ref(text + meta)

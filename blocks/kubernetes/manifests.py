@@ -20,9 +20,12 @@ CHANGE_CAUSE = "kubernetes.io/change-cause"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 # Kinds the manifests may hold: kind -> (API prefix, plural).
 KINDS = {
-    "Deployment": ("/apis/apps/v1", "deployments"), "Service": ("/api/v1", "services"),
-    "ConfigMap": ("/api/v1", "configmaps"), "ServiceAccount": ("/api/v1", "serviceaccounts"),
-    "Secret": ("/api/v1", "secrets"), "Job": ("/apis/batch/v1", "jobs"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Secret": ("/api/v1", "secrets"),
+    "Job": ("/apis/batch/v1", "jobs"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
@@ -31,8 +34,9 @@ JOB_TEMPLATE = "job-template.yaml"
 SKIPPED_FILES = {JOB_TEMPLATE, "job-template.yml", "kustomization.yaml", "kustomization.yml"}
 
 
-def load_manifests(directory: Path, namespace: str, deployment_name: str, container_name: str,
-                   image: str, version: str) -> list[dict]:
+def load_manifests(
+    directory: Path, namespace: str, deployment_name: str, container_name: str, image: str, version: str
+) -> list[dict]:
     """The directory's manifests (job template skipped), namespaced, with the image and version set."""
     if not directory.is_dir():
         raise PermanentError(f"no manifests at {directory}")
@@ -47,8 +51,9 @@ def load_manifests(directory: Path, namespace: str, deployment_name: str, contai
                 raise PermanentError(f"{file.name}: kind {doc.get('kind')!r} is not supported")
             doc.setdefault("metadata", {})["namespace"] = namespace
             objects.append(doc)
-    deployment = next((o for o in objects if o["kind"] == "Deployment"
-                       and o["metadata"].get("name") == deployment_name), None)
+    deployment = next(
+        (o for o in objects if o["kind"] == "Deployment" and o["metadata"].get("name") == deployment_name), None
+    )
     if deployment is None:
         raise PermanentError(f"the manifests in {directory} hold no Deployment {deployment_name}")
     containers = deployment["spec"]["template"]["spec"]["containers"]
@@ -57,7 +62,8 @@ def load_manifests(directory: Path, namespace: str, deployment_name: str, contai
         raise PermanentError(f"Deployment {deployment_name} has no container {container_name}")
     container["image"] = image
     deployment["metadata"].setdefault("annotations", {}).update(
-        {CHANGE_CAUSE: f"architect-deploy {version} {image}", VERSION_ANNOTATION: version})
+        {CHANGE_CAUSE: f"architect-deploy {version} {image}", VERSION_ANNOTATION: version}
+    )
     template_meta = deployment["spec"]["template"].setdefault("metadata", {})
     template_meta.setdefault("annotations", {})[VERSION_ANNOTATION] = version
     return objects
@@ -66,29 +72,45 @@ def load_manifests(directory: Path, namespace: str, deployment_name: str, contai
 def secret_manifest(name: str, namespace: str, manager: str, env: Mapping[str, str]) -> dict:
     """The app's Secret holding ``env`` (base64, as the API wants it)."""
     return {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
         "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: manager}},
         "data": {k: base64.b64encode(str(v).encode()).decode() for k, v in env.items()},
     }
 
 
-def job_manifest(template: Path | None, name: str, namespace: str, manager: str, container_name: str,
-                 secret_name: str, image: str, args: list[str], timeout_s: float) -> dict:
+def job_manifest(
+    template: Path | None,
+    name: str,
+    namespace: str,
+    manager: str,
+    container_name: str,
+    secret_name: str,
+    image: str,
+    args: list[str],
+    timeout_s: float,
+) -> dict:
     """A one-off Job: the template file when it holds a Job, else a minimal one; image, args, Secret set."""
     job: dict | None = None
     if template is not None and template.is_file():
         job = yaml.safe_load(template.read_text())
     if not isinstance(job, dict) or job.get("kind") != "Job":
-        job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {},
-               "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
-                                                                 "containers": [{"name": container_name}]}}}}
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": container_name}]}},
+            },
+        }
     job["metadata"] = {**(job.get("metadata") or {}), "name": name, "namespace": namespace}
     job["metadata"].setdefault("labels", {})[MANAGED_BY] = manager
     spec = job["spec"]
     spec["activeDeadlineSeconds"] = max(1, math.ceil(timeout_s))
     pod_spec = spec["template"]["spec"]
-    container = next((c for c in pod_spec["containers"] if c.get("name") == container_name),
-                     pod_spec["containers"][0])
+    container = next((c for c in pod_spec["containers"] if c.get("name") == container_name), pod_spec["containers"][0])
     container.update(image=image, args=args)
     refs = container.setdefault("envFrom", [])
     if not any((r.get("secretRef") or {}).get("name") == secret_name for r in refs):

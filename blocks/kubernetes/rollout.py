@@ -15,18 +15,27 @@ from datetime import datetime
 import yaml
 
 from blocks.kubernetes.manifests import VERSION_ANNOTATION
-from tasks.core.errors import PermanentError
+from tasks.core.errors import NoEarlierRevision
 from tasks.core.models import ObjectPlan, ReplicaStatus, Revision
 
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 # What kubectl rollout undo keeps from the Deployment and never copies from the ReplicaSet.
 UNDO_SKIP = {
-    "kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history",
-    "deployment.kubernetes.io/desired-replicas", "deployment.kubernetes.io/max-replicas",
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION,
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
     "deprecated.deployment.rollback.to",
 }
-FAILED_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
+FAILED_WAITING = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+}
 
 
 # ---- revisions and the rollout ------------------------------------------------------------------
@@ -46,7 +55,8 @@ def as_revision(rs: dict, container_name: str) -> Revision:
     containers = template["spec"]["containers"]
     container = next((c for c in containers if c.get("name") == container_name), containers[0])
     return Revision(
-        number=revision_number(rs), image=container.get("image", ""),
+        number=revision_number(rs),
+        image=container.get("image", ""),
         version=(template.get("metadata", {}).get("annotations") or {}).get(VERSION_ANNOTATION, ""),
         created_at=datetime.fromisoformat(rs["metadata"]["creationTimestamp"].replace("Z", "+00:00")),
     )
@@ -68,8 +78,10 @@ def rollout_verdict(deployment: dict, pods: list[dict], name: str) -> tuple[bool
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in FAILED_WAITING:
-                return (False, f"pod {pod['metadata']['name']}: {waiting['reason']} "
-                        f"(restarts {cs.get('restartCount', 0)})")
+                return (
+                    False,
+                    f"pod {pod['metadata']['name']}: {waiting['reason']} (restarts {cs.get('restartCount', 0)})",
+                )
     desired, updated = spec.get("replicas", 1), status.get("updatedReplicas", 0)
     total, available = status.get("replicas", 0), status.get("availableReplicas", 0)
     if updated < desired:
@@ -85,10 +97,14 @@ def replica_status(pod: dict, container_name: str) -> ReplicaStatus:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     cs = next((c for c in statuses if c.get("name") == container_name), statuses[0] if statuses else {})
     state = cs.get("state") or {}
-    detail = ((state.get("waiting") or {}).get("reason") or ("terminated" if state.get("terminated") else "")
-              or ("running" if state.get("running") else (pod.get("status") or {}).get("phase", "")))
-    return ReplicaStatus(name=pod["metadata"]["name"], image=cs.get("image", ""), ready=bool(cs.get("ready")),
-                         detail=detail)
+    detail = (
+        (state.get("waiting") or {}).get("reason")
+        or ("terminated" if state.get("terminated") else "")
+        or ("running" if state.get("running") else (pod.get("status") or {}).get("phase", ""))
+    )
+    return ReplicaStatus(
+        name=pod["metadata"]["name"], image=cs.get("image", ""), ready=bool(cs.get("ready")), detail=detail
+    )
 
 
 def undo_target(deployment: dict, replicasets: list[dict], to_revision: int | None) -> dict:
@@ -100,7 +116,7 @@ def undo_target(deployment: dict, replicasets: list[dict], to_revision: int | No
     else:
         target = next((rs for rs in reversed(candidates) if revision_number(rs) < current), None)
     if target is None:
-        raise PermanentError(f"no revision {to_revision or 'before ' + str(current)} to roll back to")
+        raise NoEarlierRevision(f"no revision {to_revision or 'before ' + str(current)} to roll back to")
     return target
 
 
@@ -111,8 +127,10 @@ def undo_patch(deployment: dict, target: dict) -> list[dict]:
     live = deployment["metadata"].get("annotations") or {}
     annotations = {k: v for k, v in live.items() if k in UNDO_SKIP}
     annotations.update({k: v for k, v in (target["metadata"].get("annotations") or {}).items() if k not in UNDO_SKIP})
-    return [{"op": "replace", "path": "/spec/template", "value": template},
-            {"op": "add", "path": "/metadata/annotations", "value": annotations}]
+    return [
+        {"op": "replace", "path": "/spec/template", "value": template},
+        {"op": "add", "path": "/metadata/annotations", "value": annotations},
+    ]
 
 
 def job_exit_code(conditions: set[str], pod: dict | None) -> int:
@@ -148,8 +166,11 @@ def object_plan(kind: str, name: str, live: dict | None, applied: dict) -> Objec
     """The change from the live object (None: absent) to what an apply makes of it, as a diff."""
     before_text = _yaml(_comparable(live)) if live else ""
     after_text = _yaml(_comparable(applied))
-    diff = "".join(difflib.unified_diff(before_text.splitlines(True), after_text.splitlines(True),
-                                        f"live/{kind}/{name}", f"applied/{kind}/{name}"))
+    diff = "".join(
+        difflib.unified_diff(
+            before_text.splitlines(True), after_text.splitlines(True), f"live/{kind}/{name}", f"applied/{kind}/{name}"
+        )
+    )
     action = "create" if live is None else ("update" if diff else "unchanged")
     return ObjectPlan(kind=kind, name=name, action=action, diff=diff)
 

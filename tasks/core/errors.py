@@ -5,11 +5,19 @@ call is made again (a registry that is restarting, a rollout still progressing),
 ``PermanentError`` will not (a failed test, a crash-looping image). Tasks retry only
 temporary errors, and only where the call is idempotent. A failed gate carries its
 result so the flow and the rollback report can show what was seen.
+
+Every exception class of the project is here. Each outside system's own failures (Docker,
+Kubernetes, PostgreSQL, HTTP, Prefect) become these in one mapping module beside its client:
+``blocks/docker/errors.py``, ``blocks/kubernetes/errors.py``, ``blocks/database/errors.py``,
+``tasks/core/http_errors.py``, ``tasks/core/prefect_errors.py``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State
 
 
 class DeployError(Exception):
@@ -45,12 +53,32 @@ class RolloutFailed(PermanentError):
     """The new revision never became available: crash loop, unhealthy, deadline."""
 
 
+class NoEarlierRevision(PermanentError):
+    """A rollback has nowhere to go: no revision before the current one, or not the one named."""
+
+
+class DeployLocked(TemporaryError):
+    """Another deploy to the same environment (or database) holds the lock."""
+
+
+class CheckFailed(GateFailed):
+    """One check of a gate said no; the gate records the reason and runs its other checks."""
+
+
+class Inconclusive(TemporaryError):
+    """A check got no usable answer yet (no data, too few samples); asking later may give one."""
+
+
+class SetupError(PermanentError):
+    """The load generator could not start: login refused, service unreachable, bad CA."""
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line: psycopg's and libpq's messages carry newlines and tabs."""
     return " ".join(str(exc).split())
 
 
-def retry_if_temporary(task, task_run, state) -> bool:
+def retry_if_temporary(task: object, task_run: object, state: State[Any]) -> bool:
     """A task's ``retry_condition_fn``: retry only a TemporaryError, never a permanent one."""
     try:
         state.result()

@@ -6,15 +6,17 @@ Models that only one module uses live in that module.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.core.migration_review import MigrationReview
+
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Verdict(StrEnum):
@@ -77,6 +79,9 @@ class BuildResult(BaseModel):
     tests_passed: int = 0
     schema_version: int | None = Field(None, description="schema version the image's migrations reach")
     source_dir: str = Field("", description="The checkout it was built from (kept until the run ends)")
+    migrations: MigrationReview | None = Field(
+        None, description="The pending migrations, classified and linted before anything changed"
+    )
 
 
 class Revision(BaseModel):
@@ -137,6 +142,7 @@ class DeployPlan(BaseModel):
     image: str
     version: str
     objects: list[ObjectPlan] = Field(default_factory=list)
+    pending_migrations: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def changes(self) -> list[ObjectPlan]:

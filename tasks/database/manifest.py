@@ -3,7 +3,8 @@
 A manifest holds the schema version, a schema fingerprint, and per user table an exact row count
 and a content checksum. Read inside a backup's exported snapshot it describes exactly the rows in
 the dump; replayed as ``verify_sql`` at the end of a restore it proves the restore exact. The
-replica's lag is here too: the other thing the database checks read from the server itself.
+replica's lag and the server's major version are here too: the other things the database
+steps read from the server itself.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ from blocks.database import PostgresDatabase
 
 SYSTEM_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
 # Row output depends on these settings; pin them so a checksum means the same in every session.
-PINNED = ("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';"
-          " SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'")
+PINNED = (
+    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';"
+    " SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'"
+)
 
 
 class TableManifest(BaseModel):
     rows: int
     checksum: str = Field(description="'<method>:<sum of 64-bit row hashes>'; order-independent, no 1 GB limit")
+
+
+def major_version(conn: psycopg.Connection) -> int:
+    """The server's PostgreSQL major version (15 for 15.4): which pg_dump, pg_restore and psql to run."""
+    return conn.info.server_version // 10000
 
 
 def schema_version(conn: psycopg.Connection) -> int:
@@ -68,8 +76,11 @@ def table_key(schema: str, name: str) -> str:
 
 
 # "count" manifests hold exact row counts only (backup_database(checksums=False)): cheaper, weaker.
-_HASH = {"record": "coalesce(sum(hash_record_extended(t.*, 0)), 0)",
-         "text": "coalesce(sum(hashtextextended(t::text, 0)), 0)", "count": "0"}
+_HASH = {
+    "record": "coalesce(sum(hash_record_extended(t.*, 0)), 0)",
+    "text": "coalesce(sum(hashtextextended(t::text, 0)), 0)",
+    "count": "0",
+}
 
 
 def _checksum_table(conn: psycopg.Connection, schema: str, name: str, method: str | None = None) -> TableManifest:
@@ -89,8 +100,9 @@ def _checksum_table(conn: psycopg.Connection, schema: str, name: str, method: st
     raise AssertionError("unreachable")
 
 
-def table_manifests(conn: psycopg.Connection, methods: dict[str, str] | None = None, default: str | None = None
-                    ) -> dict[str, TableManifest]:
+def table_manifests(
+    conn: psycopg.Connection, methods: dict[str, str] | None = None, default: str | None = None
+) -> dict[str, TableManifest]:
     """Every user table's exact row count and checksum; ``default`` "count" skips the checksums."""
     conn.execute(PINNED)
     methods = methods or {}
@@ -136,7 +148,8 @@ def replication_lag(database: PostgresDatabase, poll_s: float = 0.2) -> tuple[fl
     with database.connect(replica=True) as replica:
         while True:
             in_recovery, caught_up = replica.execute(
-                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn", (primary_lsn,)).fetchone()
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn", (primary_lsn,)
+            ).fetchone()
             waited = time.monotonic() - started
             if not in_recovery:
                 return None, "the replica is not in recovery: it is not replicating"
@@ -153,17 +166,21 @@ def verify_sql(version: int, fingerprint: str, tables: dict[str, TableManifest])
 
     This also stops a truncated pg_restore stream from ever being committed.
     """
+
     def check(label: str, got_query: str, want: str) -> str:
-        return (f"SELECT pg_temp.restore_check({_lit(label)}, got, {_lit(want)}) FROM ({got_query}) g(got);")
+        return f"SELECT pg_temp.restore_check({_lit(label)}, got, {_lit(want)}) FROM ({got_query}) g(got);"
 
     lines = [
         "RESET search_path;",  # the dump's script emptied it
         PINNED + ";",
-        ("CREATE FUNCTION pg_temp.restore_check(what text, got text, want text) RETURNS void"
-         " LANGUAGE plpgsql PARALLEL RESTRICTED AS $f$ BEGIN IF got IS DISTINCT FROM want THEN"
-         " RAISE EXCEPTION 'restore verification: % is %, the backup has %', what, got, want; END IF; END $f$;"),
+        (
+            "CREATE FUNCTION pg_temp.restore_check(what text, got text, want text) RETURNS void"
+            " LANGUAGE plpgsql PARALLEL RESTRICTED AS $f$ BEGIN IF got IS DISTINCT FROM want THEN"
+            " RAISE EXCEPTION 'restore verification: % is %, the backup has %', what, got, want; END IF; END $f$;"
+        ),
         check("the schema version", "SELECT coalesce(max(version), 0)::text FROM schema_migrations", str(version))
-        if version else check("schema_migrations", "SELECT to_regclass('schema_migrations')::text", None),
+        if version
+        else check("schema_migrations", "SELECT to_regclass('schema_migrations')::text", None),
         check("the schema fingerprint", _FINGERPRINT, fingerprint),
         check("the number of tables", f"SELECT count(*)::text {_TABLES}", str(len(tables))),
     ]
@@ -171,8 +188,13 @@ def verify_sql(version: int, fingerprint: str, tables: dict[str, TableManifest])
         schema, name = table.split(".", 1)
         ident = f"{_ident(schema)}.{_ident(name)}"
         method = manifest.checksum.split(":")[0]
-        lines.append(check(table, f"SELECT count(*) || ':{method}:' || {_HASH[method]} FROM {ident} t",
-                           f"{manifest.rows}:{manifest.checksum}"))
+        lines.append(
+            check(
+                table,
+                f"SELECT count(*) || ':{method}:' || {_HASH[method]} FROM {ident} t",
+                f"{manifest.rows}:{manifest.checksum}",
+            )
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ that is not a local directory is streamed through in ``BackupStorage.CHUNK`` pie
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import datetime, timedelta
 
@@ -65,10 +66,8 @@ def free_name(store: BackupStorage, now: datetime) -> str:
 
 def discard(store: BackupStorage, name: str) -> None:
     """Delete a file if it can be deleted: cleanup after a failure must not hide that failure."""
-    try:
+    with contextlib.suppress(OSError, NotImplementedError):
         store.delete(name)
-    except (OSError, NotImplementedError):
-        pass
 
 
 def copy_stream(src, dst, counter: list) -> None:

@@ -1,7 +1,8 @@
 """Running pg_dump, pg_restore and psql: argument lists, exit codes as errors, the restore's preamble.
 
 Arguments are lists, never a shell; the password travels in the environment (``PGPASSWORD``
-from ``PostgresDatabase.tool_env``), never on a command line.
+from ``PostgresDatabase.tool_env``), never on a command line. Whether a tool's failure is
+temporary or permanent is decided by ``blocks.database.errors.pg_tool_error``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import re
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 from blocks.database import BackupStorage, PostgresDatabase
-from tasks.database.storage import copy_stream_quietly
-from tasks.core.errors import PermanentError, TemporaryError
+from blocks.database.errors import PSQL_CONNECTION_LOST, pg_tool_error, pg_tool_message
+from tasks.core.errors import DeployError
 from tasks.database.manifest import SYSTEM_SCHEMAS, table_key
+from tasks.database.storage import copy_stream_quietly
 
 
 def run(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
@@ -22,12 +26,19 @@ def run(argv: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, **kwargs)
 
 
-def failure(tool: str, code: int, stderr: str) -> Exception:
-    """A tool's non-zero exit as TemporaryError (locks, connections: worth a retry) or PermanentError."""
-    tail = stderr.strip()[-1500:]
-    message = f"{tool} exited {code}: {tail}"
-    transient = re.search(r"lock timeout|could not connect|connection to server|timeout expired", stderr, re.IGNORECASE)
-    return TemporaryError(message) if transient else PermanentError(message)
+@dataclass(frozen=True)
+class ToolExit:
+    """A pg tool that exited non-zero: which one, its exit status, and what it wrote to stderr."""
+
+    tool: str
+    exit_code: int
+    stderr: str
+
+    def __str__(self) -> str:
+        return pg_tool_message(self.tool, self.exit_code, self.stderr)
+
+    def error(self, *, stage: Any = None, result: Any = None) -> DeployError:
+        return pg_tool_error(self.tool, self.exit_code, self.stderr, stage=stage, result=result)
 
 
 def archive_tables(database: PostgresDatabase, store: BackupStorage, dump_file: str, major: int) -> set[str]:
@@ -40,8 +51,9 @@ def archive_tables(database: PostgresDatabase, store: BackupStorage, dump_file: 
         # The table of contents is at the start of a custom-format archive: stream until pg_restore has it.
         with tempfile.TemporaryFile() as err:
             proc = run(argv, database.tool_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-            pump = threading.Thread(target=copy_stream_quietly, args=(store.open_read(dump_file), proc.stdin),
-                                    daemon=True)
+            pump = threading.Thread(
+                target=copy_stream_quietly, args=(store.open_read(dump_file), proc.stdin), daemon=True
+            )
             pump.start()
             stdout = proc.stdout.read()
             proc.stdout.close()
@@ -50,10 +62,12 @@ def archive_tables(database: PostgresDatabase, store: BackupStorage, dump_file: 
             err.seek(0)
             out = subprocess.CompletedProcess(argv, code, stdout.decode(), err.read().decode(errors="replace"))
     if out.returncode != 0:
-        raise failure("pg_restore --list", out.returncode, out.stderr)
+        raise pg_tool_error("pg_restore --list", out.returncode, out.stderr)
     # TOC lines look like: "3345; 0 16390 TABLE DATA public events architect"
-    return {table_key(m.group(1), m.group(2))
-            for m in re.finditer(r"^\d+; \d+ \d+ TABLE DATA (\S+) (\S+) ", out.stdout, re.MULTILINE)}
+    return {
+        table_key(m.group(1), m.group(2))
+        for m in re.finditer(r"^\d+; \d+ \d+ TABLE DATA (\S+) (\S+) ", out.stdout, re.MULTILINE)
+    }
 
 
 # Runs first inside the restore's transaction: drop what the restoring role owns in the app's
@@ -91,41 +105,63 @@ BEGIN
 END $restore$;"""
 
 
-def restore_in_one_transaction(database: PostgresDatabase, store: BackupStorage, dump_file: str, major: int,
-                               verify_script: str, logger) -> Exception | None:
+def restore_in_one_transaction(
+    database: PostgresDatabase, store: BackupStorage, dump_file: str, major: int, verify_script: str, logger
+) -> ToolExit | None:
     """``pg_restore <dump> | psql --single-transaction``: drop what the role owns, load, run ``verify_script``.
 
-    Returns the failure (psql rolled back: the database is unchanged), or None (committed).
+    Returns the tool that failed (psql rolled back: the database is unchanged), or None (committed).
     """
     local = store.local_path(dump_file)
     env = database.tool_env()
     # Index builds after the data load are most of a restore's time; give them memory to sort in.
     env["PGOPTIONS"] += f" -c maintenance_work_mem={database.restore_maintenance_work_mem_mb}MB"
     restore_argv = [database.pg_tool("pg_restore", major), "--no-owner", "--exit-on-error", "--file=-"]
-    psql_argv = [database.pg_tool("psql", major), "--no-psqlrc", "--quiet", "--no-password", "--single-transaction",
-                 "--set=ON_ERROR_STOP=1", "--command", DROP_OWNED_OBJECTS, "--file=-"]
-    with tempfile.TemporaryFile() as err1, tempfile.TemporaryFile() as err2, \
-            tempfile.NamedTemporaryFile("w", prefix="restore-verify-", suffix=".sql") as verify:
+    psql_argv = [
+        database.pg_tool("psql", major),
+        "--no-psqlrc",
+        "--quiet",
+        "--no-password",
+        "--single-transaction",
+        "--set=ON_ERROR_STOP=1",
+        "--set=VERBOSITY=verbose",
+        "--command",
+        DROP_OWNED_OBJECTS,
+        "--file=-",
+    ]
+    with (
+        tempfile.TemporaryFile() as err1,
+        tempfile.TemporaryFile() as err2,
+        tempfile.NamedTemporaryFile("w", prefix="restore-verify-", suffix=".sql") as verify,
+    ):
         verify.write(verify_script)
         verify.flush()
         source = None if local else store.open_read(dump_file)
-        dump = run([*restore_argv, str(local)] if local else restore_argv, env,
-                   stdin=subprocess.DEVNULL if local else subprocess.PIPE, stdout=subprocess.PIPE, stderr=err1)
+        dump = run(
+            [*restore_argv, str(local)] if local else restore_argv,
+            env,
+            stdin=subprocess.DEVNULL if local else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err1,
+        )
         pump = None
         if source is not None:
             pump = threading.Thread(target=copy_stream_quietly, args=(source, dump.stdin), daemon=True)
             pump.start()
-        apply = run([*psql_argv, f"--file={verify.name}"], env,
-                    stdin=dump.stdout, stdout=subprocess.DEVNULL, stderr=err2)
+        apply = run(
+            [*psql_argv, f"--file={verify.name}"], env, stdin=dump.stdout, stdout=subprocess.DEVNULL, stderr=err2
+        )
         dump.stdout.close()  # psql owns the pipe now; pg_restore sees EPIPE if psql dies
         apply_code, dump_code = apply.wait(), dump.wait()
         if pump:
             pump.join()
         if apply_code != 0:
-            # psql rolled back. A broken archive is the root cause when pg_restore failed too.
-            tool, code, err = ("pg_restore", dump_code, err1) if dump_code != 0 else ("psql", apply_code, err2)
+            # psql rolled back. A broken archive is the root cause when pg_restore failed too, unless
+            # psql lost its connection: then pg_restore only saw the pipe close.
+            archive_broken = dump_code != 0 and apply_code != PSQL_CONNECTION_LOST
+            tool, code, err = ("pg_restore", dump_code, err1) if archive_broken else ("psql", apply_code, err2)
             err.seek(0)
-            return failure(tool, code, err.read().decode(errors="replace"))
+            return ToolExit(tool, code, err.read().decode(errors="replace"))
         if dump_code != 0:
             logger.warning("pg_restore exited %d, but the restored database matched the backup", dump_code)
     return None

@@ -1,83 +1,45 @@
-"""The health gate and what every gate that talks HTTP to the deployed API shares.
+"""The health gate, and the one judgement of a ``/health`` answer (the smoke suite uses it too).
 
-Every check is named, independent (it catches its own errors and fails with the reason) and
-records the requests it made (method + path, never credentials) and, on failure, what came
-back (status + the first 300 characters of the body, secrets redacted). The flow decides.
+``check_health`` polls ``/health`` of every replica and of the load-balanced API URL until each
+has been healthy a few times in a row or the deadline passes. It observes only; the flow decides.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 
 from blocks.environment import StagingEnvironment
 from tasks.core.models import CheckResult, GateReport, Verdict
+from tasks.core.redaction import Redactor
 from tasks.core.run_log import run_logger
-
-EXCERPT_CHARS = 300
-
-
-def publish_table(report: GateReport, key: str, columns: Callable[[CheckResult], dict]) -> None:
-    """The gate's table artifact; only inside a task run (a plain ``.fn`` call has no API to write to)."""
-    if TaskRunContext.get() is None:
-        return
-    create_table_artifact(
-        table=[columns(c) for c in report.checks], key=key, description=f"{report.summary()}"
-    )
+from tasks.core.stages import Stage
+from tasks.gates.evidence import environment_secrets, excerpt, publish_table
 
 
-class Redactor:
-    """Replaces every known secret (and every session token seen) with ``***``."""
-
-    def __init__(self, secrets: list[str]):
-        self.secrets = [s for s in secrets if s]
-
-    def __call__(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
-
-
-def environment_secrets(environment: StagingEnvironment) -> list[str]:
-    try:
-        return environment.secret_values()
-    except Exception:  # a partly configured block still has the smoke password to hide
-        return [environment.smoke_password.get_secret_value()]
-
-
-def excerpt(response: httpx.Response, redact: Redactor) -> str:
-    try:
-        body = response.read().decode("utf-8", "replace")
-    except Exception as exc:  # a body cut off mid-stream is still worth a status line
-        body = f"<body unreadable: {exc}>"
-    return redact(f"{response.status_code} {body[:EXCERPT_CHARS]}")
-
-
-# --------------------------------------------------------------------------- health
-
-
-def _health_problem(response: httpx.Response) -> str | None:
-    """None when /health says healthy with every component healthy, else what is wrong."""
-    if response.status_code != 200:
-        return f"status {response.status_code}"
+def health_problem(response: httpx.Response) -> str | None:
+    """None when a ``/health`` answer is 200, says healthy and lists only healthy components; else what is wrong."""
     try:
         body = response.json()
     except ValueError:
-        return "body is not JSON"
+        body = None
+    body = body if isinstance(body, dict) else None
+    components = body.get("components") if body else None
+    components = components if isinstance(components, dict) else {}
+    bad = {k: v for k, v in components.items() if v != "healthy"}
+    if response.status_code != 200:  # a 503 names its broken components: say which
+        return f"status {response.status_code}" + (f"; components not healthy: {bad}" if bad else "")
+    if body is None:
+        return "body is not a JSON object"
     if body.get("status") != "healthy":
         return f"status field is {body.get('status')!r}"
-    components = body.get("components") or {}
     if not components:
         return "no components reported"
-    bad = {k: v for k, v in components.items() if v != "healthy"}
     return f"components not healthy: {bad}" if bad else None
 
 
@@ -102,7 +64,7 @@ class _Probe:
         with httpx.Client(verify=self.verify, timeout=5.0) as client:
             try:
                 response = client.get(self.url)
-                self.problem, self.response = _health_problem(response), excerpt(response, redact)
+                self.problem, self.response = health_problem(response), excerpt(response, redact)
             except httpx.HTTPError as exc:
                 self.problem, self.response = f"{type(exc).__name__}: {exc}", ""
         self.in_a_row = self.in_a_row + 1 if self.problem is None else 0
@@ -116,14 +78,23 @@ class _Probe:
             detail = f"healthy only {self.in_a_row} time(s) in a row; before that: {self.last_problem}"
         else:
             detail = f"{self.problem} after {self.attempts} attempt(s)"
-        return CheckResult(name=self.name, verdict=Verdict.PASS if self.in_a_row >= needed else Verdict.FAIL,
-                           detail=detail, request=f"GET {urlsplit(self.url).path}",
-                           response="" if self.in_a_row >= needed else self.response)
+        return CheckResult(
+            name=self.name,
+            verdict=Verdict.PASS if self.in_a_row >= needed else Verdict.FAIL,
+            detail=detail,
+            request=f"GET {urlsplit(self.url).path}",
+            response="" if self.in_a_row >= needed else self.response,
+        )
 
 
 @task(cache_policy=NO_CACHE)
-def check_health(environment: StagingEnvironment, replica_urls: list[str], deadline_s: float,
-                 expected_replicas: int | None = None, in_a_row: int = HEALTHY_IN_A_ROW) -> GateReport:
+def check_health(
+    environment: StagingEnvironment,
+    replica_urls: list[str],
+    deadline_s: float,
+    expected_replicas: int | None = None,
+    in_a_row: int = HEALTHY_IN_A_ROW,
+) -> GateReport:
     """``/health`` of every replica (plain HTTP on loopback) and of the load-balanced API URL,
     each ``in_a_row`` times healthy in a row, and as many replicas as the rollout left running.
 
@@ -143,12 +114,16 @@ def check_health(environment: StagingEnvironment, replica_urls: list[str], deadl
         if all(p.in_a_row >= in_a_row for p in probes) or time.monotonic() >= deadline:
             break
         time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
-    report = GateReport(stage="health")
+    report = GateReport(stage=Stage.HEALTH)
     if expected_replicas is not None:
         running = len(replica_urls)
-        report.checks.append(CheckResult(
-            name="replicas running", verdict=Verdict.PASS if running >= expected_replicas else Verdict.FAIL,
-            detail=f"{running} of the {expected_replicas} the rollout left running"))
+        report.checks.append(
+            CheckResult(
+                name="replicas running",
+                verdict=Verdict.PASS if running >= expected_replicas else Verdict.FAIL,
+                detail=f"{running} of the {expected_replicas} the rollout left running",
+            )
+        )
     for probe in probes:
         logger.info("GET %s -> %s after %d attempt(s)", probe.url, probe.problem or "healthy", probe.attempts)
         report.checks.append(probe.result(in_a_row))

@@ -13,6 +13,7 @@ from prefect.logging import get_run_logger
 
 from blocks.environment import StagingEnvironment
 from tasks.core.models import CheckResult, GateReport, Verdict
+from tasks.core.stages import Stage
 
 
 def _probe(name: str, probe: Callable[[], str], *, required: bool = True) -> CheckResult:
@@ -29,7 +30,10 @@ def _probe(name: str, probe: Callable[[], str], *, required: bool = True) -> Che
 def _git_ref_exists(app_repo: str, git_ref: str) -> str:
     result = subprocess.run(
         ["git", "ls-remote", "--", app_repo, git_ref],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if result.returncode:
         raise RuntimeError(f"git ls-remote failed: {result.stderr.strip()[-300:]}")
@@ -73,10 +77,12 @@ def run_preflight(
     ]
     for check in checks:
         logger.info("preflight %s: %s %s", check.name, check.verdict.value, check.detail)
-    report = GateReport(stage="preflight", checks=checks)
+    report = GateReport(stage=Stage.PREFLIGHT, checks=checks)
     create_table_artifact(
         key="preflight",
-        table=[{"check": c.name, "verdict": c.verdict.value, "required": c.required, "detail": c.detail} for c in checks],
+        table=[
+            {"check": c.name, "verdict": c.verdict.value, "required": c.required, "detail": c.detail} for c in checks
+        ],
         description=f"Preflight for {environment_name}: {report.verdict.value}",
     )
     return report

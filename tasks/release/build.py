@@ -11,20 +11,23 @@ import json
 import os
 import re
 import subprocess
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-import docker
-from docker.errors import APIError, BuildError, DockerException
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
+from blocks.database import PostgresDatabase
+from blocks.docker.client import DockerConnection
 from blocks.registry import ImageRegistry
-from tasks.core.errors import PermanentError, TemporaryError, retry_if_temporary
+from tasks.core.errors import PermanentError, TemporaryError, one_line, retry_if_temporary
 from tasks.core.models import BuildResult
+from tasks.core.stages import Stage
+from tasks.database.migration_lint import review_migrations
 
 GO_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOPROXY": "off"}
 BINARY = "architect-api"
@@ -58,6 +61,35 @@ def _run(args: list[str], cwd: Path | str | None = None, extra_env: dict[str, st
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# The code under review (its tests, its build) gets none of the worker's environment: no PREFECT_*, no
+# credentials. Only what Go itself needs passes.
+GO_ENV_KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "GOCACHE", "GOPATH", "GOMODCACHE", "GOROOT")
+# Neither go test nor go build needs a network: a namespace of its own, with only loopback, up (the app's
+# tests listen on 127.0.0.1). unshare is util-linux's; as non-root it maps root in a user namespace.
+OFFLINE = 'PATH="$PATH:/usr/sbin:/sbin"; ip link set lo up && exec "$@"'
+
+
+def _run_code_under_review(args: list[str], cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**{k: os.environ[k] for k in GO_ENV_KEPT if k in os.environ}, **GO_ENV}
+    argv = [
+        "unshare",
+        "--net",
+        *([] if os.geteuid() == 0 else ["--map-root-user"]),
+        "--",
+        "sh",
+        "-c",
+        OFFLINE,
+        "offline",
+        *args,
+    ]
+    try:
+        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise PermanentError(
+            f"cannot isolate the code under review: {exc.filename} is missing (util-linux)", stage=Stage.BUILD
+        ) from exc
+
+
 @task(cache_policy=NO_CACHE)
 def checkout_source(app_repo: str, git_ref: str, workspace: str) -> SourceCheckout:
     """Clone ``app_repo`` into a fresh ``workspace`` and check out ``git_ref`` (detached)."""
@@ -66,17 +98,17 @@ def checkout_source(app_repo: str, git_ref: str, workspace: str) -> SourceChecko
     logger.info("git clone %s at %s", app_repo, git_ref)
     cloned = _run(["git", "clone", "--quiet", "--no-checkout", "--", app_repo, str(dest)], timeout=300)
     if cloned.returncode:
-        raise TemporaryError(f"git clone of {app_repo} failed: {cloned.stderr.strip()[-500:]}", stage="build")
+        raise TemporaryError(f"git clone of {app_repo} failed: {cloned.stderr.strip()[-500:]}", stage=Stage.BUILD)
     # "--end-of-options" keeps a ref from ever being read as an option, whatever slipped past validation.
     resolved = _run(["git", "rev-parse", "--verify", "--end-of-options", f"{git_ref}^{{commit}}"], cwd=dest)
     if resolved.returncode:
         resolved = _run(["git", "rev-parse", "--verify", "--end-of-options", f"origin/{git_ref}^{{commit}}"], cwd=dest)
     if resolved.returncode:
-        raise PermanentError(f"git ref {git_ref!r} does not exist in {app_repo}", stage="build")
+        raise PermanentError(f"git ref {git_ref!r} does not exist in {app_repo}", stage=Stage.BUILD)
     commit = resolved.stdout.strip()
     checked = _run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit], cwd=dest)
     if checked.returncode:
-        raise PermanentError(f"git checkout {commit} failed: {checked.stderr.strip()[-500:]}", stage="build")
+        raise PermanentError(f"git checkout {commit} failed: {checked.stderr.strip()[-500:]}", stage=Stage.BUILD)
     version_file = dest / "VERSION"
     return SourceCheckout(
         path=str(dest),
@@ -113,7 +145,7 @@ def run_go_tests(source: SourceCheckout) -> GoTestReport:
     """`go test ./... -cover`; a table artifact of every package; raises when any test fails."""
     logger = get_run_logger()
     logger.info("go test ./... -cover in %s", source.commit[:12])
-    result = _run(["go", "test", "-json", "-cover", "./..."], cwd=source.path, extra_env=GO_ENV, timeout=900)
+    result = _run_code_under_review(["go", "test", "-json", "-cover", "./..."], cwd=source.path, timeout=900)
     report = parse_go_test_json(result.stdout)
     create_table_artifact(
         key="build-tests",
@@ -130,9 +162,11 @@ def run_go_tests(source: SourceCheckout) -> GoTestReport:
         description=f"go test ./... -cover at {source.commit[:12]}",
     )
     if result.returncode or report.failed:
-        failed = [f"{p.package}: {', '.join(p.failed) or 'build failed'}" for p in report.packages if p.status == "fail"]
+        failed = [
+            f"{p.package}: {', '.join(p.failed) or 'build failed'}" for p in report.packages if p.status == "fail"
+        ]
         detail = "; ".join(failed) or result.stderr.strip()[-500:]
-        raise PermanentError(f"go test failed: {detail}", stage="build", result=report)
+        raise PermanentError(f"go test failed: {detail}", stage=Stage.BUILD, result=report)
     return report
 
 
@@ -142,27 +176,25 @@ def build_binary(source: SourceCheckout, version: str, build_time: str) -> str:
     logger = get_run_logger()
     ldflags = f"-s -w -X main.version={version} -X main.buildTime={build_time} -X main.gitCommit={source.commit}"
     logger.info("go build %s (%s)", BINARY, version)
-    result = _run(
+    result = _run_code_under_review(
         ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", BINARY, "./cmd/architect"],
         cwd=source.path,
-        extra_env=GO_ENV,
     )
     if result.returncode:
-        raise PermanentError(f"go build failed: {result.stderr.strip()[-800:]}", stage="build")
+        raise PermanentError(f"go build failed: {result.stderr.strip()[-800:]}", stage=Stage.BUILD)
     return str(Path(source.path) / BINARY)
 
 
 @task(cache_policy=NO_CACHE)
 def build_image(
-    docker_host: str, source: SourceCheckout, registry: ImageRegistry, version: str, build_time: str
+    builder: DockerConnection, source: SourceCheckout, registry: ImageRegistry, version: str, build_time: str
 ) -> str:
     """`docker build` with the guide's build args; returns the local tag."""
     logger = get_run_logger()
     tag = registry.image(version)
     logger.info("docker build %s", tag)
-    client = docker.DockerClient(base_url=docker_host, timeout=300)
-    try:
-        client.images.build(
+    with builder.calls(f"docker build of {tag}", stage=Stage.BUILD):
+        builder.client.images.build(
             path=source.path,
             tag=tag,
             buildargs={"VERSION": version, "BUILD_TIME": build_time, "GIT_COMMIT": source.commit},
@@ -170,48 +202,41 @@ def build_image(
             forcerm=True,
             network_mode="none",  # nothing in the build needs a network
         )
-    except BuildError as exc:
-        raise PermanentError(f"docker build failed: {exc.msg}", stage="build") from exc
-    except DockerException as exc:
-        raise TemporaryError(f"docker build could not run: {exc}", stage="build") from exc
     return tag
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=3, retry_condition_fn=retry_if_temporary)
-def push_image(docker_host: str, registry: ImageRegistry, version: str) -> str:
+def push_image(builder: DockerConnection, registry: ImageRegistry, version: str) -> str:
     """Push the tag (idempotent, so retried) and return the pinned ``repo:tag@sha256:...`` reference."""
     logger = get_run_logger()
     repository = f"{registry.address}/{registry.repository}"
     logger.info("docker push %s:%s", repository, version)
-    client = docker.DockerClient(base_url=docker_host, timeout=300)
     digest = None
-    try:
-        for event in client.images.push(
+    with builder.calls(f"docker push of {repository}:{version}", stage=Stage.BUILD):
+        for event in builder.client.images.push(
             repository, tag=version, stream=True, decode=True, auth_config=registry.auth_config()
         ):
-            if "error" in event:
-                raise TemporaryError(f"docker push failed: {event['error']}", stage="build")
+            if "error" in event:  # the registry's refusal, relayed in the stream: a restarting registry says so too
+                raise TemporaryError(f"docker push failed: {one_line(event['error'])}", stage=Stage.BUILD)
             digest = (event.get("aux") or {}).get("Digest", digest)
-    except (APIError, DockerException) as exc:
-        raise TemporaryError(f"docker push failed: {exc}", stage="build") from exc
     if not digest:
-        raise TemporaryError("docker push reported no digest", stage="build")
+        raise TemporaryError("docker push reported no digest", stage=Stage.BUILD)
     return registry.pinned(version, digest)
 
 
 @task(cache_policy=NO_CACHE)
-def verify_image(docker_host: str, pinned: str, version: str, commit: str) -> int | None:
+def verify_image(builder: DockerConnection, pinned: str, version: str, commit: str) -> int | None:
     """Run `--version` in the pushed image (as the guide does); returns the schema version it reports."""
     logger = get_run_logger()
     logger.info("docker run --rm %s --version", pinned)
-    client = docker.DockerClient(base_url=docker_host, timeout=120)
-    try:
-        client.images.pull(pinned)
-        output = client.containers.run(pinned, ["--version"], remove=True, network_mode="none").decode().strip()
-    except DockerException as exc:
-        raise PermanentError(f"the pushed image does not run --version: {exc}", stage="build") from exc
+    with builder.calls(f"running --version in the pushed image {pinned}", stage=Stage.BUILD):
+        builder.client.images.pull(pinned)
+        output = builder.client.containers.run(pinned, ["--version"], remove=True, network_mode="none")
+    output = output.decode().strip()
     if version not in output or commit[:7] not in output:
-        raise PermanentError(f"the pushed image reports {output!r}, expected {version} at {commit[:7]}", stage="build")
+        raise PermanentError(
+            f"the pushed image reports {output!r}, expected {version} at {commit[:7]}", stage=Stage.BUILD
+        )
     match = re.search(r"schema (\d+)", output)
     return int(match.group(1)) if match else None
 
@@ -235,16 +260,24 @@ def build_release(
     registry: ImageRegistry,
     docker_host: str,
     workspace: str,
+    database: PostgresDatabase | None = None,
+    allow_migrations: Sequence[str] = (),
 ) -> BuildResult:
-    """The whole build stage, in the guide's order, in ``workspace`` (the caller removes it)."""
+    """The whole build stage, in the guide's order, in ``workspace`` (the caller removes it).
+
+    With ``database``, the release's pending migrations are classified and linted first (read-only);
+    a contract or dangerous one not named in ``allow_migrations`` stops the build before anything changed.
+    """
     source = checkout_source(app_repo, git_ref, workspace)
+    migrations = review_migrations(source.path, database, allow_migrations) if database is not None else None
     version = release_version(version, source, git_ref)
     tests = run_go_tests(source)
-    built_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    built_at = datetime.now(UTC).replace(microsecond=0).isoformat()
     build_binary(source, version, built_at)
-    tag = build_image(docker_host, source, registry, version, built_at)
-    pinned = push_image(docker_host, registry, version)
-    schema_version = verify_image(docker_host, pinned, version, source.commit)
+    with DockerConnection(docker_host, timeout_s=300) as builder:  # one client for the build, push and verify
+        tag = build_image(builder, source, registry, version, built_at)
+        pinned = push_image(builder, registry, version)
+        schema_version = verify_image(builder, pinned, version, source.commit)
     return BuildResult(
         version=version,
         git_ref=git_ref,
@@ -256,4 +289,5 @@ def build_release(
         tests_passed=sum(p.passed for p in tests.packages),
         schema_version=schema_version,
         source_dir=source.path,
+        migrations=migrations,
     )

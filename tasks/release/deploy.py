@@ -10,10 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from blocks.docker.target import DockerTarget
 from blocks.target import DeployTarget
 from tasks.core.errors import PermanentError, RolloutFailed, retry_if_temporary
 from tasks.core.models import DeployPlan, OneOffResult, Revision, RolloutResult
+from tasks.core.stages import Stage
 
 LOG_LINES_IN_REPORT = 60
 
@@ -50,14 +50,16 @@ def record_current_revision(target: DeployTarget) -> Revision | None:
 
 
 @task(cache_policy=NO_CACHE)
-def deploy_release(target: DeployTarget, image: str, version: str, env: Mapping[str, str], timeout_s: float) -> RolloutResult:
+def deploy_release(
+    target: DeployTarget, image: str, version: str, env: Mapping[str, str], timeout_s: float
+) -> RolloutResult:
     """Rolling update to ``image``; raises RolloutFailed (carrying the result) when it never completes."""
     logger = get_run_logger()
     logger.info("rolling out %s (%s) on %s", version, image, target.get_block_type_slug())
     result = target.deploy(image, version, env, timeout_s)
     _report_rollout("rollout", f"Rollout of {version}", result)
     if not result.complete:
-        raise RolloutFailed(f"rollout of {version} failed: {result.reason}", stage="deploy", result=result)
+        raise RolloutFailed(f"rollout of {version} failed: {result.reason}", stage=Stage.DEPLOY, result=result)
     logger.info("revision %s complete in %.1f s", result.revision.number, result.duration_s)
     return result
 
@@ -73,7 +75,7 @@ def roll_back_release(
     result = target.rollback(to_revision, env, timeout_s)
     _report_rollout("rollback-rollout", "Rollback", result)
     if not result.complete:
-        raise RolloutFailed(f"rollback did not complete: {result.reason}", stage="rollback", result=result)
+        raise RolloutFailed(f"rollback did not complete: {result.reason}", result=result)
     return result
 
 
@@ -102,7 +104,7 @@ def run_migrations(target: DeployTarget, image: str, env: Mapping[str, str], tim
     run = MigrationRun(**up.model_dump(), status=_status_json(status.logs))
     if not up.succeeded:
         tail = "\n".join(up.logs.splitlines()[-5:])
-        raise PermanentError(f"migration failed (exit {up.exit_code}): {tail}", stage="migrate", result=run)
+        raise PermanentError(f"migration failed (exit {up.exit_code}): {tail}", stage=Stage.MIGRATE, result=run)
     return run
 
 
@@ -112,8 +114,7 @@ def plan_release(target: DeployTarget, image: str, version: str, env: Mapping[st
     get_run_logger().info("dry run of %s (%s) on %s", version, image, target.get_block_type_slug())
     plan = target.plan(image, version, env)
     sections = [
-        f"### {o.kind} {o.name}: {o.action}\n" + (f"```diff\n{o.diff}\n```" if o.diff else "")
-        for o in plan.objects
+        f"### {o.kind} {o.name}: {o.action}\n" + (f"```diff\n{o.diff}\n```" if o.diff else "") for o in plan.objects
     ]
     create_markdown_artifact(
         key="dry-run-diff",
@@ -125,11 +126,12 @@ def plan_release(target: DeployTarget, image: str, version: str, env: Mapping[st
 
 
 @task(cache_policy=NO_CACHE)
-def list_pending_migrations(docker_host: str, image: str, env: Mapping[str, str]) -> list[dict]:
-    """The NEW image's `migrate status --json`, run on the build engine, not on the target:
-    a dry run must not write the target's Secret or create anything there."""
-    get_run_logger().info("migrate status --json from %s on the build engine", image)
-    status = DockerTarget(docker_host=docker_host).run_one_off(image, ["migrate", "status", "--json"], env, 60)
+def list_pending_migrations(target: DeployTarget, image: str, env: Mapping[str, str]) -> list[dict]:
+    """The NEW image's `migrate status --json` as a one-off on ``target``: the build engine's
+    (``StagingEnvironment.builder_target``), since a dry run must not write the deploy target's
+    Secret or create anything there."""
+    get_run_logger().info("migrate status --json from %s on %s", image, target.get_block_type_slug())
+    status = target.run_one_off(image, ["migrate", "status", "--json"], env, 60)
     pending = _status_json(status.logs).get("pending", [])
     create_table_artifact(
         key="dry-run-migrations",
@@ -137,3 +139,12 @@ def list_pending_migrations(docker_host: str, image: str, env: Mapping[str, str]
         description="Migrations a deploy would apply",
     )
     return pending
+
+
+def plan_dry_run(
+    target: DeployTarget, builder: DeployTarget, image: str, version: str, env: Mapping[str, str]
+) -> DeployPlan:
+    """The whole dry run: what a deploy would change on ``target``, and which migrations the image
+    would run (asked on ``builder``, the build engine, so nothing is created on the target)."""
+    plan = plan_release(target, image, version, env)
+    return plan.model_copy(update={"pending_migrations": list_pending_migrations(builder, image, env)})

@@ -1,11 +1,12 @@
 """The deploy journal: what a run has changed and not yet finished, kept where the next run finds it.
 
 A run writes its journal (a Prefect artifact keyed per environment, so every entry stays in
-the artifact's history) once it has taken the pre-deployment backup, names the stage it is in
-as it changes the database and the app, and closes the journal when the release is live or
-rolled back. Only new versions are ever written, so the journal keeps its whole history and
-works unchanged on a server whose database is SQLite (which answered updates and deletes under
-write load with 503s that cost seconds of client back-off). A journal still open when the next
+the artifact's history) once it has its checkpoint (the revision it replaces and the
+pre-deployment backup): a new entry as each later stage starts, naming that stage and what the
+run may have changed by then. It closes the journal when the release is live or rolled back.
+Only new versions are ever written, so the journal keeps its whole history and works unchanged
+on a server whose database is SQLite (which answered updates and deletes under write load with
+503s that cost seconds of client back-off). A journal still open when the next
 run holds the environment's lock therefore belongs to a run that died mid-deploy (its worker
 killed, its machine gone): the lock is a lease that only a dead holder loses. The
 next run closes that run as Crashed and rolls its changes back before it changes anything itself.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -29,9 +31,18 @@ from prefect.states import Crashed
 from pydantic import BaseModel
 
 from blocks.database import PostgresDatabase
-from tasks.database.backup import BackupResult
 from tasks.core.models import Revision, utcnow
+from tasks.core.stages import Effect, Stage
+from tasks.database.backup import BackupResult
 from tasks.notify import SlackMessage
+
+
+class Checkpoint(BaseModel):
+    """Where a rollback of this run goes back to, taken before anything changes."""
+
+    version: str
+    previous: Revision | None
+    backup: BackupResult
 
 
 class DeployJournal(BaseModel):
@@ -41,14 +52,13 @@ class DeployJournal(BaseModel):
     flow_run_id: str
     flow_run_name: str
     version: str
-    stage: str
+    stage: Stage
+    # An entry without it (written before it existed) may have changed both.
+    changed: list[Effect] = [Effect.DATABASE, Effect.APP]
     previous: Revision | None
     backup: str | None = None
     started_at: datetime
     slack_message: SlackMessage | None = None
-
-    def at(self, stage: str) -> "DeployJournal":
-        return self.model_copy(update={"stage": stage})
 
     def describe(self) -> str:
         return f"run {self.flow_run_name} ({self.flow_run_id}) of {self.version}, stopped during {self.stage}"
@@ -63,8 +73,11 @@ def artifact_key(environment: str) -> str:
 def _record(environment: str, journal: DeployJournal | None) -> None:
     state = "none open" if journal is None else f"OPEN: {journal.describe()}"
     body = "null" if journal is None else journal.model_dump_json(indent=1)
-    create_markdown_artifact(key=artifact_key(environment), description=f"Deploy journal of {environment}: {state}",
-                             markdown=f"## Deploy journal of `{environment}`: {state}\n\n```json\n{body}\n```\n")
+    create_markdown_artifact(
+        key=artifact_key(environment),
+        description=f"Deploy journal of {environment}: {state}",
+        markdown=f"## Deploy journal of `{environment}`: {state}\n\n```json\n{body}\n```\n",
+    )
 
 
 def write_journal(journal: DeployJournal) -> DeployJournal:
@@ -77,8 +90,10 @@ def write_journal(journal: DeployJournal) -> DeployJournal:
 def read_journal(environment: str) -> DeployJournal | None:
     """The environment's open journal, if its latest entry is one."""
     with get_client(sync_client=True) as client:
-        latest = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
-            key=ArtifactCollectionFilterKey(any_=[artifact_key(environment)])), limit=1)
+        latest = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[artifact_key(environment)])),
+            limit=1,
+        )
     if not latest:
         return None
     body = str(latest[0].data).split("```json\n", 1)[-1].rsplit("\n```", 1)[0]
@@ -105,8 +120,9 @@ def close_abandoned_run(journal: DeployJournal, found_by: str) -> str:
         if run.state is None or run.state.is_final():
             return f"already {run.state.name if run.state else 'without a state'}"
         logger.info("marking flow run %s (%s) Crashed", journal.flow_run_name, run.state.name)
-        message = (f"stopped mid-deploy during {journal.stage} (its process died); "
-                   f"found and rolled back by run {found_by}")
+        message = (
+            f"stopped mid-deploy during {journal.stage} (its process died); found and rolled back by run {found_by}"
+        )
         client.set_flow_run_state(journal.flow_run_id, Crashed(message=message), force=True)
         return f"{run.state.name} → Crashed"
 
@@ -114,6 +130,11 @@ def close_abandoned_run(journal: DeployJournal, found_by: str) -> str:
 def workspace_prefix(flow_run_id: str) -> str:
     """Build workspaces are named after their run, so a dead run's leftovers can be found."""
     return f"architect-build-{flow_run_id}-"
+
+
+def new_workspace(flow_run_id: str) -> tempfile.TemporaryDirectory[str]:
+    """A build workspace of this run (removed when the context ends, or by the run that recovers it)."""
+    return tempfile.TemporaryDirectory(prefix=workspace_prefix(flow_run_id))
 
 
 def remove_workspaces(flow_run_id: str) -> list[str]:
@@ -135,10 +156,47 @@ def load_backup(database: PostgresDatabase, name: str | None) -> BackupResult | 
         return None
 
 
-def new_journal(environment: str, flow_run, version: str, previous: Revision | None, backup: str,
-                slack_message: SlackMessage | None) -> DeployJournal:
-    """The journal of a run about to migrate: from here on it changes what the next run must undo."""
-    return DeployJournal(environment=environment, flow_run_id=str(flow_run.id), flow_run_name=flow_run.name,
-                         version=version, stage="migrate", previous=previous, backup=backup, started_at=utcnow(),
-                         slack_message=slack_message)
+@dataclass
+class RunJournal:
+    """The deploy journal of one environment as one run keeps it: what the runner writes and
+    closes, and what recovery reads of a run that died."""
 
+    environment: str
+    flow_run_id: str
+    flow_run_name: str
+    database: PostgresDatabase  # where the backups a journal names are kept
+    started_at: datetime | None = None
+
+    def write(
+        self, checkpoint: Checkpoint, stage: Stage, changed: list[Effect], slack_message: SlackMessage | None
+    ) -> DeployJournal:
+        self.started_at = self.started_at or utcnow()
+        return write_journal(
+            DeployJournal(
+                environment=self.environment,
+                flow_run_id=self.flow_run_id,
+                flow_run_name=self.flow_run_name,
+                version=checkpoint.version,
+                stage=stage,
+                changed=changed,
+                previous=checkpoint.previous,
+                backup=checkpoint.backup.name,
+                started_at=self.started_at,
+                slack_message=slack_message,
+            )
+        )
+
+    def close(self) -> None:
+        clear_journal(self.environment)
+
+    def read(self) -> DeployJournal | None:
+        return read_journal(self.environment)
+
+    def close_abandoned_run(self, abandoned: DeployJournal) -> str:
+        return close_abandoned_run(abandoned, self.flow_run_name)
+
+    def remove_workspaces(self, abandoned: DeployJournal) -> list[str]:
+        return remove_workspaces(abandoned.flow_run_id)
+
+    def load_backup(self, abandoned: DeployJournal) -> BackupResult | None:
+        return load_backup(self.database, abandoned.backup)

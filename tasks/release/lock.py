@@ -19,11 +19,9 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 
-from tasks.core.errors import TemporaryError
-
-
-class DeployLocked(TemporaryError):
-    """Another deploy to the same environment holds the lock."""
+from tasks.core.errors import DeployLocked
+from tasks.core.prefect_errors import prefect_errors
+from tasks.core.stages import Stage
 
 
 def lock_names(environment: str, database: str) -> list[str]:
@@ -33,17 +31,17 @@ def lock_names(environment: str, database: str) -> list[str]:
 
 def ensure_locks(names: list[str]) -> None:
     """Create each limit (1 slot) that does not exist yet."""
-    with get_client(sync_client=True) as client:
+    with prefect_errors("creating the deploy locks"), get_client(sync_client=True) as client:
         for name in names:
             try:
                 client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
+            except ObjectNotFound:  # the first deploy of this environment or database: made here
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
 def held_locks(names: list[str]) -> list[str]:
     """Which of the locks ``names`` someone holds right now."""
-    with get_client(sync_client=True) as client:
+    with prefect_errors("reading the deploy locks"), get_client(sync_client=True) as client:
         limits = [client.read_global_concurrency_limit_by_name(name) for name in names]
     return [limit.name for limit in limits if limit.active_slots >= limit.limit]
 
@@ -59,12 +57,14 @@ def deploy_lock(environment: str, database: str, *, wait: bool, lease_s: float =
     started = time.monotonic()
     if not wait and (held := held_locks(names)):
         # Said here, not by a timed-out acquisition: Prefect's lease service logs that as an ERROR.
-        raise DeployLocked(f"another deploy to {environment} is running (holds {', '.join(held)})", stage="preflight")
+        raise DeployLocked(
+            f"another deploy to {environment} is running (holds {', '.join(held)})", stage=Stage.PREFLIGHT
+        )
     slot = concurrency(names, occupy=1, timeout_seconds=None if wait else 2, strict=True, lease_duration=lease_s)
     try:
         slot.__enter__()
     except TimeoutError as exc:
-        raise DeployLocked(f"another deploy to {environment} is running", stage="preflight") from exc
+        raise DeployLocked(f"another deploy to {environment} is running", stage=Stage.PREFLIGHT) from exc
     waited = time.monotonic() - started
     try:
         yield waited

@@ -64,8 +64,9 @@ class Emulator:
 
     def start(self, port: int = 0) -> str:
         self._server = EmulatorHTTPServer(("127.0.0.1", port), self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="k8s-emulator-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="k8s-emulator-http", daemon=True
+        )
         self._thread.start()
         self.cluster.start()
         return self.url

@@ -41,8 +41,11 @@ REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 # Deployment annotations the controller does not copy to its ReplicaSets (as in the real one).
 SKIP_ANNOTATIONS = {
-    "kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history",
-    "deployment.kubernetes.io/desired-replicas", "deployment.kubernetes.io/max-replicas",
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION,
+    "deployment.kubernetes.io/revision-history",
+    "deployment.kubernetes.io/desired-replicas",
+    "deployment.kubernetes.io/max-replicas",
     "deprecated.deployment.rollback.to",
 }
 
@@ -85,13 +88,21 @@ def resolve(value, total: int, round_up: bool) -> int:
 
 
 def owned_by(obj: dict, owner: dict) -> bool:
-    return any(r.get("uid") == owner["metadata"]["uid"] and r.get("controller")
-               for r in obj["metadata"].get("ownerReferences") or [])
+    return any(
+        r.get("uid") == owner["metadata"]["uid"] and r.get("controller")
+        for r in obj["metadata"].get("ownerReferences") or []
+    )
 
 
 def owner_ref(owner: dict) -> dict:
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 class FakeCluster:
@@ -131,8 +142,15 @@ class FakeCluster:
 
     # ---- events and logs ----------------------------------------------------------------------
 
-    def event(self, obj: dict, event_type: str, reason: str, message: str, component: str = "kubelet",
-              count: int | None = None) -> None:
+    def event(
+        self,
+        obj: dict,
+        event_type: str,
+        reason: str,
+        message: str,
+        component: str = "kubelet",
+        count: int | None = None,
+    ) -> None:
         """Record an event once per object and reason; ``count`` updates a repeating one (BackOff)."""
         meta = obj["metadata"]
         name = f"{meta['name']}.{hashlib.sha1((meta['uid'] + reason).encode()).hexdigest()[:16]}"
@@ -143,14 +161,29 @@ class FakeCluster:
                 existing.update(count=count, message=message, lastTimestamp=stamp)
                 self.store.put(EVENT, existing)
             return
-        self.store.put(EVENT, {
-            "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": event_type, "reason": reason, "message": message, "count": count or 1,
-            "firstTimestamp": stamp, "lastTimestamp": stamp, "source": {"component": component},
-            "reportingComponent": component,
-        })
+        self.store.put(
+            EVENT,
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": name, "namespace": meta["namespace"]},
+                "involvedObject": {
+                    "apiVersion": obj["apiVersion"],
+                    "kind": obj["kind"],
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+                "type": event_type,
+                "reason": reason,
+                "message": message,
+                "count": count or 1,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "source": {"component": component},
+                "reportingComponent": component,
+            },
+        )
 
     def pod_log(self, pod: dict, container: str | None, previous: bool) -> str:
         """A container's output; a crash-looping one shows its last run, as the kubelet does."""
@@ -158,8 +191,11 @@ class FakeCluster:
         waiting = statuses[0].get("state", {}).get("waiting", {}).get("reason") if statuses else "ContainerCreating"
         if waiting in ("ContainerCreating", "ErrImagePull", "ImagePullBackOff"):
             name = container or (statuses[0]["name"] if statuses else "")
-            raise ApiError(400, "BadRequest",
-                           f'container "{name}" in pod "{pod["metadata"]["name"]}" is waiting to start: {waiting}')
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'container "{name}" in pod "{pod["metadata"]["name"]}" is waiting to start: {waiting}',
+            )
         return self.logs.get(pod["metadata"]["uid"], "")
 
     # ---- kubelet ------------------------------------------------------------------------------
@@ -169,8 +205,13 @@ class FakeCluster:
         uid = meta["uid"]
         if uid not in self.pod_started:
             self.pod_started[uid] = time.monotonic()
-            self.event(pod, "Normal", "Scheduled", f"Successfully assigned {meta['namespace']}/{meta['name']} to emulator-node",
-                       "default-scheduler")
+            self.event(
+                pod,
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {meta['namespace']}/{meta['name']} to emulator-node",
+                "default-scheduler",
+            )
         phase = pod.get("status", {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             return
@@ -180,8 +221,12 @@ class FakeCluster:
         mode = behaviour(image)
         age = time.monotonic() - self.pod_started[uid]
         is_job = any(r.get("kind") == "Job" for r in meta.get("ownerReferences") or [])
-        status = {"phase": "Pending", "startTime": pod.get("status", {}).get("startTime") or now_rfc3339(),
-                  "hostIP": "127.0.0.1", "qosClass": "Burstable"}
+        status = {
+            "phase": "Pending",
+            "startTime": pod.get("status", {}).get("startTime") or now_rfc3339(),
+            "hostIP": "127.0.0.1",
+            "qosClass": "Burstable",
+        }
         cs = {"name": name, "image": image, "imageID": "", "ready": False, "restartCount": 0, "started": False}
         ready = False
         if mode == "nopull":
@@ -199,24 +244,46 @@ class FakeCluster:
                 failed = mode == "failmigrate"
                 code = 1 if failed else 0
                 # The canned lines of v3.2.1-badmigration: 004 applies, 005 fails (no database is touched).
-                self.logs[uid] = (f"running: {command}\napplying migration 004_event_tags\n"
-                                  "applying migration 005_error_fingerprint\n"
-                                  '{"level":"error","msg":"migration 005 failed","migration_version":5,'
-                                  '"error":"pq: column \\"stack_trace\\" does not exist"}\n') if failed else \
-                    f"running: {command}\n" + "".join(f"arg: {a}\n" for a in c.get("args") or []) + "done\n"
-                cs["state"] = {"terminated": {"exitCode": code, "reason": "Error" if failed else "Completed",
-                                              "startedAt": started, "finishedAt": started}}
+                self.logs[uid] = (
+                    (
+                        f"running: {command}\napplying migration 004_event_tags\n"
+                        "applying migration 005_error_fingerprint\n"
+                        '{"level":"error","msg":"migration 005 failed","migration_version":5,'
+                        '"error":"pq: column \\"stack_trace\\" does not exist"}\n'
+                    )
+                    if failed
+                    else f"running: {command}\n" + "".join(f"arg: {a}\n" for a in c.get("args") or []) + "done\n"
+                )
+                cs["state"] = {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": "Error" if failed else "Completed",
+                        "startedAt": started,
+                        "finishedAt": started,
+                    }
+                }
                 status["phase"] = "Failed" if failed else "Succeeded"
             elif mode == "crash":
                 restarts = int((age - self.ready_delay_s) / self.crash_period_s) + 1
-                cs.update(restartCount=restarts,
-                          state={"waiting": {"reason": "CrashLoopBackOff",
-                                             "message": f"back-off restarting failed container {name}"}},
-                          lastState={"terminated": {"exitCode": 1, "reason": "Error"}})
+                cs.update(
+                    restartCount=restarts,
+                    state={
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off restarting failed container {name}",
+                        }
+                    },
+                    lastState={"terminated": {"exitCode": 1, "reason": "Error"}},
+                )
                 self.logs[uid] = f"architect-api starting ({image})\npanic: crash on start: bad configuration\n"
                 status["phase"] = "Running"
-                self.event(pod, "Warning", "BackOff", f"Back-off restarting failed container {name} in pod {meta['name']}",
-                           count=restarts)
+                self.event(
+                    pod,
+                    "Warning",
+                    "BackOff",
+                    f"Back-off restarting failed container {name} in pod {meta['name']}",
+                    count=restarts,
+                )
             else:
                 prior = pod.get("status", {}).get("containerStatuses") or [{}]
                 since = prior[0].get("state", {}).get("running", {}).get("startedAt", started)
@@ -225,14 +292,18 @@ class FakeCluster:
                 self.logs[uid] = f"architect-api starting ({image})\nlistening on :8080\n"
                 if mode == "stuck":
                     self.logs[uid] += "health: database unreachable\n"
-                    self.event(pod, "Warning", "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 503")
+                    self.event(
+                        pod, "Warning", "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 503"
+                    )
                 else:
                     ready = True
                     cs["ready"] = True
         flag = "True" if ready else "False"
         status["conditions"] = [
-            {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
-            {"type": "ContainersReady", "status": flag}, {"type": "Ready", "status": flag},
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": flag},
+            {"type": "Ready", "status": flag},
         ]
         status["containerStatuses"] = [cs]
         before = {c["type"]: c for c in pod.get("status", {}).get("conditions") or []}
@@ -265,24 +336,36 @@ class FakeCluster:
             for _ in range(want - len(pods)):
                 template = copy.deepcopy(rs["spec"]["template"])
                 name = f"{rs['metadata']['name']}-{uuid.uuid4().hex[:5]}"
-                self.store.put(POD, {
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {**template.get("metadata", {}), "name": name, "namespace": ns,
-                                 "ownerReferences": [owner_ref(rs)]},
-                    "spec": {**template.get("spec", {}), "nodeName": "emulator-node"},
-                })
+                self.store.put(
+                    POD,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            **template.get("metadata", {}),
+                            "name": name,
+                            "namespace": ns,
+                            "ownerReferences": [owner_ref(rs)],
+                        },
+                        "spec": {**template.get("spec", {}), "nodeName": "emulator-node"},
+                    },
+                )
                 self.event(rs, "Normal", "SuccessfulCreate", f"Created pod: {name}", "replicaset-controller")
         elif len(pods) > want:
             # Not-ready pods go first, then the newest, as the real controller ranks them.
             pods.sort(key=lambda p: (self._available(p, 0), p["metadata"]["creationTimestamp"]))
             for pod in pods[: len(pods) - want]:
                 self.store.delete(POD, ns, pod["metadata"]["name"], "Background")
-                self.event(rs, "Normal", "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}", "replicaset-controller")
+                self.event(
+                    rs, "Normal", "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}", "replicaset-controller"
+                )
         pods = [p for p in self.store.list(POD, ns) if owned_by(p, rs)]
         min_ready = rs["spec"].get("minReadySeconds", 0)
         ready = sum(1 for p in pods if self._available(p, 0))
         rs["status"] = {
-            "replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
+            "replicas": len(pods),
+            "fullyLabeledReplicas": len(pods),
+            "readyReplicas": ready,
             "availableReplicas": sum(1 for p in pods if self._available(p, min_ready)),
             "observedGeneration": rs["metadata"].get("generation", 1),
         }
@@ -293,8 +376,10 @@ class FakeCluster:
     def _sync_deployment(self, d: dict) -> None:
         meta, spec = d["metadata"], d["spec"]
         ns, now = meta["namespace"], time.monotonic()
-        rss = sorted((rs for rs in self.store.list(RS, ns) if owned_by(rs, d)),
-                     key=lambda rs: int(rs["metadata"].get("annotations", {}).get(REVISION, "0")))
+        rss = sorted(
+            (rs for rs in self.store.list(RS, ns) if owned_by(rs, d)),
+            key=lambda rs: int(rs["metadata"].get("annotations", {}).get(REVISION, "0")),
+        )
         key = template_key(spec["template"])
         new = next((rs for rs in rss if template_key(rs["spec"]["template"]) == key), None)
         max_rev = max((int(rs["metadata"].get("annotations", {}).get(REVISION, "0")) for rs in rss), default=0)
@@ -307,15 +392,30 @@ class FakeCluster:
             template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = pod_hash
             selector = copy.deepcopy(spec.get("selector") or {})
             selector.setdefault("matchLabels", {})[HASH_LABEL] = pod_hash
-            new = self.store.put(RS, {
-                "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {"name": f"{meta['name']}-{pod_hash}", "namespace": ns,
-                             "labels": template["metadata"]["labels"], "ownerReferences": [owner_ref(d)],
-                             "annotations": {**copied, REVISION: str(max_rev + 1),
-                                             "deployment.kubernetes.io/desired-replicas": str(desired)}},
-                "spec": {"replicas": 0, "selector": selector, "template": template,
-                         "minReadySeconds": spec.get("minReadySeconds", 0)},
-            })
+            new = self.store.put(
+                RS,
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "metadata": {
+                        "name": f"{meta['name']}-{pod_hash}",
+                        "namespace": ns,
+                        "labels": template["metadata"]["labels"],
+                        "ownerReferences": [owner_ref(d)],
+                        "annotations": {
+                            **copied,
+                            REVISION: str(max_rev + 1),
+                            "deployment.kubernetes.io/desired-replicas": str(desired),
+                        },
+                    },
+                    "spec": {
+                        "replicas": 0,
+                        "selector": selector,
+                        "template": template,
+                        "minReadySeconds": spec.get("minReadySeconds", 0),
+                    },
+                },
+            )
             rss.append(new)
             progressed, reason = True, "NewReplicaSetCreated"
         else:
@@ -341,9 +441,13 @@ class FakeCluster:
             nonlocal changed
             if rs["spec"].get("replicas", 0) != n:
                 verb = "up" if n > rs["spec"].get("replicas", 0) else "down"
-                self.event(d, "Normal", "ScalingReplicaSet",
-                           f'Scaled {verb} replica set {rs["metadata"]["name"]} from {rs["spec"].get("replicas", 0)} to {n}',
-                           "deployment-controller")
+                self.event(
+                    d,
+                    "Normal",
+                    "ScalingReplicaSet",
+                    f"Scaled {verb} replica set {rs['metadata']['name']} from {rs['spec'].get('replicas', 0)} to {n}",
+                    "deployment-controller",
+                )
                 rs["spec"]["replicas"] = n
                 self.store.put(RS, rs)
                 changed = True
@@ -389,15 +493,24 @@ class FakeCluster:
         stamp = now_rfc3339()
         cond = next((c for c in conditions if c["type"] == "Progressing"), None)
         if cond is None:
-            conditions.append({"type": "Progressing", "status": status, "reason": reason, "message": message,
-                               "lastUpdateTime": stamp, "lastTransitionTime": stamp})
+            conditions.append(
+                {
+                    "type": "Progressing",
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "lastUpdateTime": stamp,
+                    "lastTransitionTime": stamp,
+                }
+            )
             return
         if cond["status"] != status:
             cond["lastTransitionTime"] = stamp
         cond.update(status=status, reason=reason, message=message, lastUpdateTime=stamp)
 
-    def _status(self, d: dict, new: dict, old: list[dict], desired: int, progressed: bool, reason: str | None,
-                now: float) -> None:
+    def _status(
+        self, d: dict, new: dict, old: list[dict], desired: int, progressed: bool, reason: str | None, now: float
+    ) -> None:
         uid = d["metadata"]["uid"]
         everything = [new, *old]
         previous = copy.deepcopy(d.get("status", {}))
@@ -409,7 +522,9 @@ class FakeCluster:
             readyReplicas=sum(rs.get("status", {}).get("readyReplicas", 0) for rs in everything),
             availableReplicas=sum(rs.get("status", {}).get("availableReplicas", 0) for rs in everything),
         )
-        st["unavailableReplicas"] = max(0, sum(rs["spec"].get("replicas", 0) for rs in everything) - st["availableReplicas"])
+        st["unavailableReplicas"] = max(
+            0, sum(rs["spec"].get("replicas", 0) for rs in everything) - st["availableReplicas"]
+        )
         for field in ("readyReplicas", "availableReplicas", "unavailableReplicas", "updatedReplicas"):
             if not st[field]:
                 st.pop(field)  # the API omits zero counts
@@ -422,20 +537,35 @@ class FakeCluster:
         if avail is None or avail["status"] != flag:
             stamp = now_rfc3339()
             conditions[:] = [c for c in conditions if c["type"] != "Available"]
-            conditions.insert(0, {"type": "Available", "status": flag,
-                                  "reason": "MinimumReplicasAvailable" if available_ok else "MinimumReplicasUnavailable",
-                                  "message": "Deployment has minimum availability." if available_ok
-                                  else "Deployment does not have minimum availability.",
-                                  "lastUpdateTime": stamp, "lastTransitionTime": stamp})
+            conditions.insert(
+                0,
+                {
+                    "type": "Available",
+                    "status": flag,
+                    "reason": "MinimumReplicasAvailable" if available_ok else "MinimumReplicasUnavailable",
+                    "message": "Deployment has minimum availability."
+                    if available_ok
+                    else "Deployment does not have minimum availability.",
+                    "lastUpdateTime": stamp,
+                    "lastTransitionTime": stamp,
+                },
+            )
         counts = ("updatedReplicas", "readyReplicas", "availableReplicas")
-        progressed |= any(st.get(k, 0) > previous.get(k, 0) for k in counts) or st["replicas"] < previous.get("replicas", 0)
-        complete = (st.get("updatedReplicas", 0) == desired and st["replicas"] == desired
-                    and st.get("availableReplicas", 0) == desired)
+        progressed |= any(st.get(k, 0) > previous.get(k, 0) for k in counts) or st["replicas"] < previous.get(
+            "replicas", 0
+        )
+        complete = (
+            st.get("updatedReplicas", 0) == desired
+            and st["replicas"] == desired
+            and st.get("availableReplicas", 0) == desired
+        )
         name = new["metadata"]["name"]
         cond = next((c for c in conditions if c["type"] == "Progressing"), {})
         if complete:
             if cond.get("reason") != "NewReplicaSetAvailable":
-                self._set_progressing(d, "True", "NewReplicaSetAvailable", f'ReplicaSet "{name}" has successfully progressed.')
+                self._set_progressing(
+                    d, "True", "NewReplicaSetAvailable", f'ReplicaSet "{name}" has successfully progressed.'
+                )
             self.progress_at[uid] = now
         elif progressed or uid not in self.progress_at:
             self.progress_at[uid] = now
@@ -443,11 +573,19 @@ class FakeCluster:
                 self._set_progressing(d, "True", reason, f'Created new replica set "{name}"')
             else:
                 self._set_progressing(d, "True", reason or "ReplicaSetUpdated", f'ReplicaSet "{name}" is progressing.')
-        elif cond.get("reason") != "ProgressDeadlineExceeded" and \
-                now - self.progress_at[uid] > d["spec"].get("progressDeadlineSeconds", 600):
-            self._set_progressing(d, "False", "ProgressDeadlineExceeded", f'ReplicaSet "{name}" has timed out progressing.')
-            self.event(d, "Warning", "ProgressDeadlineExceeded", f'ReplicaSet "{name}" has timed out progressing.',
-                       "deployment-controller")
+        elif cond.get("reason") != "ProgressDeadlineExceeded" and now - self.progress_at[uid] > d["spec"].get(
+            "progressDeadlineSeconds", 600
+        ):
+            self._set_progressing(
+                d, "False", "ProgressDeadlineExceeded", f'ReplicaSet "{name}" has timed out progressing.'
+            )
+            self.event(
+                d,
+                "Warning",
+                "ProgressDeadlineExceeded",
+                f'ReplicaSet "{name}" has timed out progressing.',
+                "deployment-controller",
+            )
         self.store.put(DEPLOY, d)
 
     def _prune_history(self, d: dict, old: list[dict]) -> None:
@@ -463,9 +601,14 @@ class FakeCluster:
         run = next((r for r in self.job_runs if r["uid"] == uid), None)
         if run is None:
             container = (job["spec"].get("template", {}).get("spec", {}).get("containers") or [{}])[0]
-            run = {"uid": uid, "name": job["metadata"]["name"], "namespace": job["metadata"]["namespace"],
-                   "image": container.get("image", ""), "args": list(container.get("args") or []),
-                   "outcome": "Running"}
+            run = {
+                "uid": uid,
+                "name": job["metadata"]["name"],
+                "namespace": job["metadata"]["namespace"],
+                "image": container.get("image", ""),
+                "args": list(container.get("args") or []),
+                "outcome": "Running",
+            }
             self.job_runs.append(run)
         return run
 
@@ -497,14 +640,23 @@ class FakeCluster:
             st["active"] = 0
         elif not active:
             template = copy.deepcopy(spec["template"])
-            labels = {**template.get("metadata", {}).get("labels", {}), "job-name": job["metadata"]["name"],
-                      "batch.kubernetes.io/job-name": job["metadata"]["name"],
-                      "controller-uid": job["metadata"]["uid"], "batch.kubernetes.io/controller-uid": job["metadata"]["uid"]}
+            labels = {
+                **template.get("metadata", {}).get("labels", {}),
+                "job-name": job["metadata"]["name"],
+                "batch.kubernetes.io/job-name": job["metadata"]["name"],
+                "controller-uid": job["metadata"]["uid"],
+                "batch.kubernetes.io/controller-uid": job["metadata"]["uid"],
+            }
             name = f"{job['metadata']['name']}-{uuid.uuid4().hex[:5]}"
-            self.store.put(POD, {"apiVersion": "v1", "kind": "Pod",
-                                 "metadata": {"name": name, "namespace": ns, "labels": labels,
-                                              "ownerReferences": [owner_ref(job)]},
-                                 "spec": {**template.get("spec", {}), "nodeName": "emulator-node"}})
+            self.store.put(
+                POD,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [owner_ref(job)]},
+                    "spec": {**template.get("spec", {}), "nodeName": "emulator-node"},
+                },
+            )
             self.event(job, "Normal", "SuccessfulCreate", f"Created pod: {name}", "job-controller")
             st["active"] = 1
         if finish:
@@ -512,11 +664,28 @@ class FakeCluster:
             run["outcome"] = kind
             target = "SuccessCriteriaMet" if kind == "Complete" else "FailureTarget"
             st["conditions"] = [
-                {"type": target, "status": "True", "reason": reason, "message": message,
-                 "lastProbeTime": stamp, "lastTransitionTime": stamp},
-                {"type": kind, "status": "True", "reason": reason, "message": message,
-                 "lastProbeTime": stamp, "lastTransitionTime": stamp},
+                {
+                    "type": target,
+                    "status": "True",
+                    "reason": reason,
+                    "message": message,
+                    "lastProbeTime": stamp,
+                    "lastTransitionTime": stamp,
+                },
+                {
+                    "type": kind,
+                    "status": "True",
+                    "reason": reason,
+                    "message": message,
+                    "lastProbeTime": stamp,
+                    "lastTransitionTime": stamp,
+                },
             ]
-            self.event(job, "Normal" if kind == "Complete" else "Warning", "Completed" if kind == "Complete" else reason,
-                       "Job completed" if kind == "Complete" else message, "job-controller")
+            self.event(
+                job,
+                "Normal" if kind == "Complete" else "Warning",
+                "Completed" if kind == "Complete" else reason,
+                "Job completed" if kind == "Complete" else message,
+                "job-controller",
+            )
         self.store.put(JOB, job)

@@ -263,8 +263,14 @@ def selector_from_label_selector(spec: dict | None) -> str:
     terms = [f"{k}={v}" for k, v in (spec.get("matchLabels") or {}).items()]
     for expr in spec.get("matchExpressions") or []:
         op, key, values = expr.get("operator"), expr.get("key"), ",".join(expr.get("values") or [])
-        terms.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
-                      "Exists": key, "DoesNotExist": f"!{key}"}[op])
+        terms.append(
+            {
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+                "Exists": key,
+                "DoesNotExist": f"!{key}",
+            }[op]
+        )
     return ",".join(terms)
 
 

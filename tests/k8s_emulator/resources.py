@@ -45,21 +45,47 @@ RESOURCE_TYPES: list[ResourceType] = [
     ResourceType("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     ResourceType("", "v1", "services", "Service", short_names=("svc",), status_subresource=True, categories=("all",)),
     ResourceType(
-        "", "v1", "pods", "Pod", short_names=("po",), subresources=("log", "status"),
-        status_subresource=True, categories=("all",),
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        short_names=("po",),
+        subresources=("log", "status"),
+        status_subresource=True,
+        categories=("all",),
     ),
     ResourceType("", "v1", "events", "Event", short_names=("ev",)),
     ResourceType(
-        "apps", "v1", "deployments", "Deployment", short_names=("deploy",), subresources=("status",),
-        has_generation=True, status_subresource=True, categories=("all",),
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        short_names=("deploy",),
+        subresources=("status",),
+        has_generation=True,
+        status_subresource=True,
+        categories=("all",),
     ),
     ResourceType(
-        "apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",), subresources=("status",),
-        has_generation=True, status_subresource=True, categories=("all",),
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        short_names=("rs",),
+        subresources=("status",),
+        has_generation=True,
+        status_subresource=True,
+        categories=("all",),
     ),
     ResourceType(
-        "batch", "v1", "jobs", "Job", subresources=("status",), has_generation=True,
-        status_subresource=True, categories=("all",),
+        "batch",
+        "v1",
+        "jobs",
+        "Job",
+        subresources=("status",),
+        has_generation=True,
+        status_subresource=True,
+        categories=("all",),
     ),
 ]
 
@@ -98,8 +124,12 @@ def api_resource_list(group: str, version: str) -> dict | None:
     resources = []
     for r in types:
         entry = {
-            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
-            "verbs": VERBS, "storageVersionHash": r.kind.lower(),
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": VERBS,
+            "storageVersionHash": r.kind.lower(),
         }
         if r.short_names:
             entry["shortNames"] = list(r.short_names)
@@ -108,8 +138,15 @@ def api_resource_list(group: str, version: str) -> dict | None:
         resources.append(entry)
         for sub in r.subresources:
             verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
-            resources.append({"name": f"{r.plural}/{sub}", "singularName": "", "namespaced": r.namespaced,
-                              "kind": "Pod" if sub == "log" else r.kind, "verbs": verbs})
+            resources.append(
+                {
+                    "name": f"{r.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "kind": "Pod" if sub == "log" else r.kind,
+                    "verbs": verbs,
+                }
+            )
     gv = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 

@@ -29,7 +29,7 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, emulator: "Emulator"):
+    def __init__(self, address, emulator: Emulator):
         super().__init__(address, Handler)
         self.emulator = emulator
 
@@ -44,7 +44,7 @@ class Handler(BaseHTTPRequestHandler):
     # ---- plumbing -----------------------------------------------------------------------------
 
     @property
-    def emulator(self) -> "Emulator":
+    def emulator(self) -> Emulator:
         return self.server.emulator
 
     def _send(self, code: int, body: dict | str, content_type: str = "application/json") -> None:
@@ -66,8 +66,11 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if "protobuf" in (self.headers.get("Content-Type") or ""):
             # kubectl's typed commands (create namespace, create secret) send protobuf; not emulated.
-            raise ApiError(415, "UnsupportedMediaType",
-                           "the emulator accepts JSON and YAML bodies only (use kubectl apply/create -f)")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the emulator accepts JSON and YAML bodies only (use kubectl apply/create -f)",
+            )
         try:
             return json.loads(raw)
         except ValueError:
@@ -114,9 +117,15 @@ class Handler(BaseHTTPRequestHandler):
         doc: dict | None = None
         host = f"127.0.0.1:{self.server.server_address[1]}"
         if parts == ["version"]:
-            doc = {**resources.EMULATED_VERSION, "gitCommit": "emulator", "gitTreeState": "clean",
-                   "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc",
-                   "platform": "linux/amd64"}
+            doc = {
+                **resources.EMULATED_VERSION,
+                "gitCommit": "emulator",
+                "gitTreeState": "clean",
+                "buildDate": "2025-01-01T00:00:00Z",
+                "goVersion": "go1.23",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
         elif parts in (["healthz"], ["readyz"], ["livez"]):
             self._send(200, "ok", "text/plain")
             return True
@@ -176,10 +185,15 @@ class Handler(BaseHTTPRequestHandler):
                 if query.get("watch") in ("true", "1", "True"):
                     return self._watch(rt, namespace, query)
                 items = store.list(rt, namespace or None, query.get("labelSelector"), query.get("fieldSelector"))
-                return self._send(200, {
-                    "kind": f"{rt.kind}List", "apiVersion": rt.group_version,
-                    "metadata": {"resourceVersion": str(store.rv)}, "items": items,
-                })
+                return self._send(
+                    200,
+                    {
+                        "kind": f"{rt.kind}List",
+                        "apiVersion": rt.group_version,
+                        "metadata": {"resourceVersion": str(store.rv)},
+                        "items": items,
+                    },
+                )
             if method == "POST":
                 return self._send(201, store.create(rt, namespace, self._body() or {}, dry_run=dry_run))
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on a collection")
@@ -189,7 +203,7 @@ class Handler(BaseHTTPRequestHandler):
             pod = store.get(rt, namespace, name)
             text = self.emulator.cluster.pod_log(pod, query.get("container"), query.get("previous") == "true")
             if query.get("tailLines"):
-                lines = text.splitlines()[-int(query["tailLines"]):]
+                lines = text.splitlines()[-int(query["tailLines"]) :]
                 text = "".join(line + "\n" for line in lines)
             return self._send(200, text, "text/plain")
         if method == "GET":
@@ -210,10 +224,16 @@ class Handler(BaseHTTPRequestHandler):
             obj = store.delete(rt, namespace, name, propagation, dry_run=dry_run)
             if rt.kind == "Pod":
                 return self._send(200, obj)
-            return self._send(200, {
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": obj["metadata"]["uid"]},
-            })
+            return self._send(
+                200,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": obj["metadata"]["uid"]},
+                },
+            )
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
 
     def _watch(self, rt: ResourceType, namespace: str, query: dict) -> None:
@@ -229,6 +249,7 @@ class Handler(BaseHTTPRequestHandler):
 
         def matches(obj: dict) -> bool:
             from .patching import field_selector_matches, label_selector_matches
+
             if namespace and obj["metadata"].get("namespace") != namespace:
                 return False
             return label_selector_matches(labels, obj["metadata"].get("labels")) and field_selector_matches(fields, obj)
@@ -250,8 +271,17 @@ class Handler(BaseHTTPRequestHandler):
             for obj in snapshot:
                 send("ADDED", obj)
             if initial:
-                send("BOOKMARK", {"kind": rt.kind, "apiVersion": rt.group_version, "metadata": {
-                    "resourceVersion": str(last), "annotations": {"k8s.io/initial-events-end": "true"}}})
+                send(
+                    "BOOKMARK",
+                    {
+                        "kind": rt.kind,
+                        "apiVersion": rt.group_version,
+                        "metadata": {
+                            "resourceVersion": str(last),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    },
+                )
             while time.monotonic() < deadline:
                 with store.changed:
                     if store.closed:

@@ -16,12 +16,17 @@ import copy
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .patching import (
-    PatchError, drop_nulls, field_selector_matches, json_patch, label_selector_matches,
-    merge_patch, strategic_merge,
+    PatchError,
+    drop_nulls,
+    field_selector_matches,
+    json_patch,
+    label_selector_matches,
+    merge_patch,
+    strategic_merge,
 )
 from .resources import BY_KIND, ResourceType
 
@@ -33,19 +38,26 @@ class ApiError(Exception):
 
     def status(self) -> dict:
         return {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": self.message, "reason": self.reason, "details": self.details, "code": self.code,
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details,
+            "code": self.code,
         }
 
 
 def not_found(rt: ResourceType, name: str) -> ApiError:
     qualified = f"{rt.plural}.{rt.group}" if rt.group else rt.plural
-    return ApiError(404, "NotFound", f'{qualified} "{name}" not found',
-                    {"name": name, "group": rt.group, "kind": rt.plural})
+    return ApiError(
+        404, "NotFound", f'{qualified} "{name}" not found', {"name": name, "group": rt.group, "kind": rt.plural}
+    )
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -82,8 +94,13 @@ class Store:
         except ApiError:
             return None
 
-    def list(self, rt: ResourceType, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[dict]:
+    def list(
+        self,
+        rt: ResourceType,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict]:
         with self.lock:
             found = []
             for (group, plural, ns, _), obj in self.objects.items():
@@ -106,7 +123,12 @@ class Store:
     def _commit(self, rt: ResourceType, obj: dict, event: str) -> dict:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        key = (rt.group, rt.plural, obj["metadata"].get("namespace", "") if rt.namespaced else "", obj["metadata"]["name"])
+        key = (
+            rt.group,
+            rt.plural,
+            obj["metadata"].get("namespace", "") if rt.namespaced else "",
+            obj["metadata"]["name"],
+        )
         if event == "DELETED":
             self.objects.pop(key, None)
         else:
@@ -127,12 +149,17 @@ class Store:
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if rt.namespaced:
             if meta.get("namespace") and meta["namespace"] != namespace:
-                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
             meta["namespace"] = namespace
             ns_type = BY_KIND[("", "Namespace")]
             if (ns_type.group, ns_type.plural, "", namespace) not in self.objects:
-                raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                               {"name": namespace, "kind": "namespaces"})
+                raise ApiError(
+                    404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
+                )
         else:
             meta.pop("namespace", None)
         meta["uid"] = str(uuid.uuid4())
@@ -151,8 +178,12 @@ class Store:
             obj = self._prepare_new(rt, obj, namespace)
             if self.find(rt, namespace, obj["metadata"]["name"]) is not None:
                 qualified = f"{rt.plural}.{rt.group}" if rt.group else rt.plural
-                raise ApiError(409, "AlreadyExists", f'{qualified} "{obj["metadata"]["name"]}" already exists',
-                               {"name": obj["metadata"]["name"], "kind": rt.plural})
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{qualified} "{obj["metadata"]["name"]}" already exists',
+                    {"name": obj["metadata"]["name"], "kind": rt.plural},
+                )
             return copy.deepcopy(obj) if dry_run else self._commit(rt, obj, "ADDED")
 
     def _prepare_update(self, rt: ResourceType, old: dict, new: dict, subresource: str | None) -> dict:
@@ -163,8 +194,12 @@ class Store:
             raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
         want_rv = meta.get("resourceVersion")
         if want_rv and want_rv != old_meta["resourceVersion"]:
-            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {rt.plural} "{old_meta["name"]}": '
-                           "the object has been modified; please apply your changes to the latest version and try again")
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {rt.plural} "{old_meta["name"]}": '
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         meta["resourceVersion"] = old_meta["resourceVersion"]
         for kept in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
             if kept in old_meta:
@@ -182,8 +217,15 @@ class Store:
             new["metadata"]["generation"] = old_meta.get("generation", 1) + 1
         return new
 
-    def replace(self, rt: ResourceType, namespace: str, name: str, obj: dict, subresource: str | None = None,
-                dry_run: bool = False) -> dict:
+    def replace(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        obj: dict,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> dict:
         with self.lock:
             old = self.get(rt, namespace, name)
             new = self._prepare_update(rt, old, obj, subresource)
@@ -191,8 +233,16 @@ class Store:
                 return new if dry_run else old
             return self._commit(rt, new, "MODIFIED")
 
-    def patch(self, rt: ResourceType, namespace: str, name: str, content_type: str, patch: Any,
-              subresource: str | None = None, dry_run: bool = False) -> tuple[dict, bool]:
+    def patch(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        content_type: str,
+        patch: Any,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> tuple[dict, bool]:
         """Apply a patch; returns (object, created)."""
         with self.lock:
             old = self.find(rt, namespace, name)
@@ -214,7 +264,9 @@ class Store:
                 elif "json-patch" in content_type:
                     merged = json_patch(old, patch)
                 else:
-                    raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}")
+                    raise ApiError(
+                        415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}"
+                    )
             except PatchError as exc:
                 raise ApiError(422, "Invalid", str(exc)) from exc
             if not isinstance(merged, dict):
@@ -222,8 +274,9 @@ class Store:
             merged.setdefault("metadata", {})["resourceVersion"] = old["metadata"]["resourceVersion"]
             return self.replace(rt, namespace, name, merged, subresource, dry_run=dry_run), False
 
-    def delete(self, rt: ResourceType, namespace: str, name: str, propagation: str | None = None,
-               dry_run: bool = False) -> dict:
+    def delete(
+        self, rt: ResourceType, namespace: str, name: str, propagation: str | None = None, dry_run: bool = False
+    ) -> dict:
         with self.lock:
             obj = self.get(rt, namespace, name)
             if dry_run:
@@ -239,7 +292,7 @@ class Store:
         for cb in self.on_delete:
             cb(rt, obj)
         if rt.kind == "Namespace":
-            for (group, plural, ns, _), child in list(self.objects.items()):
+            for (group, _plural, ns, _), child in list(self.objects.items()):
                 if ns == obj["metadata"]["name"]:
                     self._commit(BY_KIND[(group, child["kind"])], copy.deepcopy(child), "DELETED")
             return

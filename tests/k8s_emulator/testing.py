@@ -26,42 +26,68 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_MANIFESTS = REPO_ROOT / "sandbox" / "architect-api" / "k8s" / "staging"
 REAL_URL = os.environ.get("ARCHITECT_K8S_URL", "")
 IMAGE_PREFIX = os.environ.get("ARCHITECT_K8S_IMAGE_PREFIX", "127.0.0.1:55000/architect-api")
-TAGS = {"v1": "3.2.0", "v2": "3.2.1", "crash": "3.2.2-crash", "stuck": "3.2.2-stuck",
-        "nopull": "3.2.2-nopull", "failmigrate": "3.2.2-failmigrate"}
+TAGS = {
+    "v1": "3.2.0",
+    "v2": "3.2.1",
+    "crash": "3.2.2-crash",
+    "stuck": "3.2.2-stuck",
+    "nopull": "3.2.2-nopull",
+    "failmigrate": "3.2.2-failmigrate",
+}
 IMAGES = {key: f"{IMAGE_PREFIX}:{tag}" for key, tag in TAGS.items()}
 # A real cluster pulls and starts containers for real; give it more time.
 SLOW = 6.0 if REAL_URL else 1.0
 
 # The guide's manifests, used when the app repo has none yet.
 GUIDE_DEPLOYMENT = {
-    "apiVersion": "apps/v1", "kind": "Deployment",
-    "metadata": {"name": "architect-api", "namespace": "architect-staging",
-                 "labels": {"app": "architect-api", "environment": "staging"}},
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {
+        "name": "architect-api",
+        "namespace": "architect-staging",
+        "labels": {"app": "architect-api", "environment": "staging"},
+    },
     "spec": {
         "replicas": 3,
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "selector": {"matchLabels": {"app": "architect-api"}},
         "template": {
             "metadata": {"labels": {"app": "architect-api", "environment": "staging"}},
-            "spec": {"containers": [{
-                "name": "architect-api", "image": "staging-registry.example.com/architect-api:3.2.0",
-                "imagePullPolicy": "IfNotPresent", "ports": [{"containerPort": 8080, "name": "http"}],
-                "env": [{"name": "ENV", "value": "staging"}],
-                "envFrom": [{"secretRef": {"name": "architect-secrets"}}],
-                "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "initialDelaySeconds": 1,
-                                   "periodSeconds": 1, "failureThreshold": 2},
-                "resources": {"requests": {"memory": "64Mi", "cpu": "50m"},
-                              "limits": {"memory": "128Mi", "cpu": "250m"}},
-                "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True},
-            }]},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "architect-api",
+                        "image": "staging-registry.example.com/architect-api:3.2.0",
+                        "imagePullPolicy": "IfNotPresent",
+                        "ports": [{"containerPort": 8080, "name": "http"}],
+                        "env": [{"name": "ENV", "value": "staging"}],
+                        "envFrom": [{"secretRef": {"name": "architect-secrets"}}],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/health", "port": "http"},
+                            "initialDelaySeconds": 1,
+                            "periodSeconds": 1,
+                            "failureThreshold": 2,
+                        },
+                        "resources": {
+                            "requests": {"memory": "64Mi", "cpu": "50m"},
+                            "limits": {"memory": "128Mi", "cpu": "250m"},
+                        },
+                        "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True},
+                    }
+                ]
+            },
         },
     },
 }
 GUIDE_SERVICE = {
-    "apiVersion": "v1", "kind": "Service",
+    "apiVersion": "v1",
+    "kind": "Service",
     "metadata": {"name": "architect-api", "namespace": "architect-staging"},
-    "spec": {"type": "ClusterIP", "ports": [{"port": 443, "targetPort": "http", "protocol": "TCP", "name": "https"}],
-             "selector": {"app": "architect-api"}},
+    "spec": {
+        "type": "ClusterIP",
+        "ports": [{"port": 443, "targetPort": "http", "protocol": "TCP", "name": "https"}],
+        "selector": {"app": "architect-api"},
+    },
 }
 
 
@@ -72,8 +98,9 @@ class Cluster:
     kubeconfig: Path
     cache_dir: Path
 
-    def kubectl(self, *args: str, namespace: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess:
+    def kubectl(
+        self, *args: str, namespace: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.cache_dir)]
         if namespace:
             cmd += ["-n", namespace]
@@ -86,19 +113,26 @@ class Cluster:
         """Every object: the emulator's full store, or (real cluster) each object's resourceVersion."""
         if self.emulator is not None:
             return self.emulator.dump()
-        out = self.kubectl("get", "deployments,replicasets,services,secrets,pods,jobs", "-o", "json",
-                           namespace=namespace)
+        out = self.kubectl(
+            "get", "deployments,replicasets,services,secrets,pods,jobs", "-o", "json", namespace=namespace
+        )
         items = json.loads(out.stdout)["items"]
         return {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in items}
 
 
 def write_kubeconfig(url: str, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": url}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
-        "users": [{"name": "test", "user": {}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": url}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+                "users": [{"name": "test", "user": {}}],
+            }
+        )
+    )
     return path
 
 
@@ -164,6 +198,7 @@ def kubectl_revisions(c: Cluster, namespace: str, deployment: str = "architect-a
 
 
 def kubectl_revision_image(c: Cluster, namespace: str, revision: int, deployment: str = "architect-api") -> str:
-    out = c.kubectl("rollout", "history", f"deployment/{deployment}", f"--revision={revision}",
-                    namespace=namespace).stdout
+    out = c.kubectl(
+        "rollout", "history", f"deployment/{deployment}", f"--revision={revision}", namespace=namespace
+    ).stdout
     return next(line.split("Image:", 1)[1].strip() for line in out.splitlines() if "Image:" in line)

@@ -25,7 +25,7 @@ class BackgroundLoad:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="background-load", daemon=True)
 
-    def __enter__(self) -> "BackgroundLoad":
+    def __enter__(self) -> BackgroundLoad:
         self._thread.start()
         return self
 

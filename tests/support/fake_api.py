@@ -27,26 +27,51 @@ from cryptography.x509.oid import NameOID
 ALLOWED_ORIGIN = "https://dashboard.architect.localhost"
 USER, PASSWORD = "smoke", "fake-smoke-password-7f3a"
 FAULTS = {
-    "login_invalid_200", "cookie_no_httponly", "logout_keeps_session", "pagination_ignores_limit",
-    "event_delete_noop", "resolve_500", "aggregate_broken", "notification_read_noop", "component_degraded",
-    "no_metrics", "http_no_redirect", "no_hsts", "cors_reflect_any", "malformed_json_500", "sql_500",
-    "xss_raw", "no_nosniff", "no_rate_limit", "replica_unhealthy", "login_500_echo",
+    "login_invalid_200",
+    "cookie_no_httponly",
+    "logout_keeps_session",
+    "pagination_ignores_limit",
+    "event_delete_noop",
+    "resolve_500",
+    "aggregate_broken",
+    "notification_read_noop",
+    "component_degraded",
+    "no_metrics",
+    "http_no_redirect",
+    "no_hsts",
+    "cors_reflect_any",
+    "malformed_json_500",
+    "sql_500",
+    "xss_raw",
+    "no_nosniff",
+    "no_rate_limit",
+    "replica_unhealthy",
+    "login_500_echo",
 }
 
 
 def make_tls(directory: Path, days: int = 365) -> tuple[Path, Path, Path]:
     """A throwaway CA and a leaf for localhost/127.0.0.1 valid ``days``; returns (ca, cert, key) paths."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def build(subject: str, issuer: str, key, signer, ca: bool, valid_days: int):
-        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=valid_days))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=valid_days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if not ca:
-            b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         return b.sign(signer, hashes.SHA256())
 
     ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -55,8 +80,11 @@ def make_tls(directory: Path, days: int = 365) -> tuple[Path, Path, Path]:
     paths = directory / "ca.crt", directory / "server.crt", directory / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    paths[2].write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return paths
 
 
@@ -87,7 +115,7 @@ class App:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # header and body go out in two writes
-    server: "Server"
+    server: Server
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -129,9 +157,14 @@ class Handler(BaseHTTPRequestHandler):
             raise ValueError("body too large")
         return json.loads(raw or b"{}")
 
-    def do_GET(self): self.route("GET")
-    def do_POST(self): self.route("POST")
-    def do_DELETE(self): self.route("DELETE")
+    def do_GET(self):
+        self.route("GET")
+
+    def do_POST(self):
+        self.route("POST")
+
+    def do_DELETE(self):
+        self.route("DELETE")
 
     def do_OPTIONS(self):
         origin = self.headers.get("Origin", "")
@@ -159,9 +192,15 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/health":
             unhealthy = not self.server.tls and "replica_unhealthy" in faults
             cache = "degraded" if "component_degraded" in faults else "healthy"
-            comps = {"database": "unhealthy" if unhealthy else "healthy", "cache": cache, "external_services": "healthy"}
-            return self.send(503 if unhealthy else 200, {"status": "unhealthy" if unhealthy else "healthy",
-                                                         "version": "fake", "components": comps})
+            comps = {
+                "database": "unhealthy" if unhealthy else "healthy",
+                "cache": cache,
+                "external_services": "healthy",
+            }
+            return self.send(
+                503 if unhealthy else 200,
+                {"status": "unhealthy" if unhealthy else "healthy", "version": "fake", "components": comps},
+            )
         if path == "/metrics":
             if "no_metrics" in faults:
                 return self.send(404, {"error": "not found"})
@@ -198,19 +237,23 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/v1/events":
             if method == "POST":
                 if "sql_500" in faults and "'" in str(body.get("type")):
-                    return self.send(500, {"error": "pq: syntax error at or near \"OR\""})
+                    return self.send(500, {"error": 'pq: syntax error at or near "OR"'})
                 eid = app.new_id()
-                app.events[eid] = {"id": eid, "type": body.get("type"), "source": body.get("source"),
-                                   "payload": body.get("payload") or {}}
+                app.events[eid] = {
+                    "id": eid,
+                    "type": body.get("type"),
+                    "source": body.get("source"),
+                    "payload": body.get("payload") or {},
+                }
                 return self.send(201, app.events[eid])
             if "sql_500" in faults and any(c in v for v in query.values() for c in "';"):
-                return self.send(500, {"error": "pq: syntax error at or near \";\""})
+                return self.send(500, {"error": 'pq: syntax error at or near ";"'})
             try:
                 limit, offset = int(query.get("limit", 50)), int(query.get("offset", 0))
             except ValueError:
                 return self.send(400, {"error": "limit and offset must be integers"})
             rows = [e for e in app.events.values() if "type" not in query or e["type"] == query["type"]]
-            page = rows[offset:] if "pagination_ignores_limit" in faults else rows[offset:offset + limit]
+            page = rows[offset:] if "pagination_ignores_limit" in faults else rows[offset : offset + limit]
             return self.send(200, {"items": page, "total": len(rows), "limit": limit, "offset": offset})
         if m := re.fullmatch(r"/api/v1/events/(\d+)", path):
             event = app.events.get(int(m.group(1)))
@@ -226,8 +269,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/v1/errors/aggregate":
             groups: dict[tuple, dict] = {}
             for e in app.errors.values():
-                g = groups.setdefault((e["kind"], e["message"]), {"kind": e["kind"], "message": e["message"],
-                                                                  "count": 0, "unresolved": 0})
+                g = groups.setdefault(
+                    (e["kind"], e["message"]), {"kind": e["kind"], "message": e["message"], "count": 0, "unresolved": 0}
+                )
                 g["count"] = 1 if "aggregate_broken" in faults else g["count"] + 1
             return self.send(200, {"groups": list(groups.values())})
         if (m := re.fullmatch(r"/api/v1/errors/(\d+)/resolve", path)) and int(m.group(1)) in app.errors:

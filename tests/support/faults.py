@@ -1,51 +1,36 @@
-"""What every fault test needs: a sandbox service down and back, a fault fired at the right
-moment of a running deploy, and the checks every fault must pass afterwards."""
+"""What every fault test needs: a sandbox service to stop and to start again, a check that the
+sandbox is whole again afterwards, and a fault fired at the right moment of a running deploy.
+
+The ``broken_service`` fixture (tests/conftest.py) is a ``BrokenServices``: the test declares each
+service it stops, and when the test ends, however it ends, each is started again and
+``sandbox_problems()`` must come back empty.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import docker
 import httpx
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterStartTime,
-    TaskRunFilter,
-    TaskRunFilterName,
-)
 
-from sandbox import config, postgres, services
-from tests.conftest import api_health, serving_versions
-from tests.test_staging_deploy import slack_thread_of
-
-APP_LABEL, VERSION_LABEL, ONE_OFF_LABEL = "architect.app", "architect.version", "architect.one-off"
+from sandbox import config, daemons, postgres, services
 
 
-# -- the sandbox: one service down, then back ----------------------------------------------
+@dataclass(frozen=True)
+class Service:
+    """One sandbox service a test may stop; ``start`` brings it back (idempotent).
 
+    ``app_survives``: the app's replicas outlive the stop, so once the service is back the API must
+    answer 200 through nginx again. Not so for `sandbox down`, which removes them: the next test
+    that needs the app deploys it (``deployed_good_release``).
+    """
 
-def wait_until_healthy(timeout_s: float = 150) -> None:
-    """Every status row healthy and the API answering 200 through the load balancer."""
-    deadline = time.monotonic() + timeout_s
-    sick: list = []
-    while time.monotonic() < deadline:
-        sick = [(r["service"], r["detail"]) for r in services.status() if not r["healthy"]]
-        if not sick:
-            try:
-                if api_health()["status_code"] == 200:
-                    return
-                sick = [("api", "GET /health is not 200")]
-            except (httpx.HTTPError, ValueError) as exc:
-                sick = [("api", repr(exc))]
-        time.sleep(2)
-    raise AssertionError(f"the sandbox did not recover within {timeout_s} s: {sick}")
+    name: str
+    stop: Callable[[], object]
+    start: Callable[[], object]
+    app_survives: bool = True
 
 
 def start_postgres() -> None:
@@ -53,29 +38,74 @@ def start_postgres() -> None:
     postgres.ensure_up(config.load_secrets()["architect_db_password"])
 
 
-@contextmanager
-def restored(start: Callable[[], object]) -> Iterator[None]:
-    """Whatever the test did to a service, start it again and wait for a healthy sandbox."""
-    try:
-        yield
-    finally:
-        start()
-        wait_until_healthy()
+# Named as `sandbox status` names them.
+SERVICES = {
+    service.name: service
+    for service in (
+        Service("postgres-primary", lambda: postgres.stop(postgres.PRIMARY), start_postgres),
+        Service("registry", daemons.REGISTRY.stop, daemons.REGISTRY.ensure),
+        Service("prometheus", daemons.PROMETHEUS.stop, daemons.PROMETHEUS.ensure),
+        Service("dockerd", daemons.DOCKER.stop, daemons.DOCKER.ensure),
+        Service("prefect-worker", daemons.WORKER.stop, daemons.WORKER.ensure),
+    )
+}
 
 
-def task_runs_named(prefix: str, after: datetime) -> list:
-    """Task runs called ``prefix*`` of staging-deploy runs started after ``after``."""
-    with get_client(sync_client=True) as client:
-        return client.read_task_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["staging-deploy"])),
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after)),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=prefix)),
-        )
+def sandbox_problems(with_the_app: bool = True) -> list[str]:
+    """Every unhealthy `sandbox status` row, and (``with_the_app``) the API through nginx unless it
+    answers 200; [] when the sandbox is whole."""
+    sick = [f"{row['service']}: {row['detail']}" for row in services.status() if not row["healthy"]]
+    if not sick and with_the_app:
+        try:
+            response = httpx.get(f"{config.API_URL}/health", verify=str(config.CA_CERT), timeout=5)
+            if response.status_code != 200:
+                sick = [f"api: GET /health through nginx answers {response.status_code}"]
+        except httpx.HTTPError as exc:
+            sick = [f"api: GET /health through nginx: {exc!r}"]
+    return sick
 
 
-def task_started(prefix: str, after: datetime) -> Callable[[], bool]:
-    """A condition: a deploy started after ``after`` has started the task ``prefix*``."""
-    return lambda: bool(task_runs_named(prefix, after))
+def wait_until_healthy(timeout_s: float = 150, with_the_app: bool = True) -> list[str]:
+    """Poll ``sandbox_problems()`` until there are none (returns []) or the time is up (returns the last)."""
+    deadline = time.monotonic() + timeout_s
+    while (sick := sandbox_problems(with_the_app)) and time.monotonic() < deadline:
+        time.sleep(2)
+    return sick
+
+
+class BrokenServices:
+    """The services one test stops (``broken("registry")`` declares one and returns it).
+
+    ``restore()`` starts each again and waits until the sandbox is whole; it returns what is still
+    wrong ([] when nothing). ``restore_now()`` is the same as an assertion, for a test that needs
+    the sandbox back before its own checks; the ``broken_service`` fixture restores at the end anyway.
+    """
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+
+    def __call__(self, service: str | Service) -> Service:
+        found = SERVICES[service] if isinstance(service, str) else service
+        self.services.append(found)
+        return found
+
+    def names(self) -> str:
+        return ", ".join(s.name for s in self.services)
+
+    def restore(self) -> list[str]:
+        if not self.services:
+            return []
+        problems = []
+        for service in self.services:
+            try:
+                service.start()
+            except Exception as exc:  # still check the sandbox, and report both
+                problems.append(f"starting {service.name} again failed: {exc!r}")
+        return problems + wait_until_healthy(with_the_app=all(s.app_survives for s in self.services))
+
+    def restore_now(self) -> None:
+        problems = self.restore()
+        assert not problems, f"the sandbox did not recover after {self.names()} stopped: {problems}"
 
 
 class Trigger(threading.Thread):
@@ -85,8 +115,9 @@ class Trigger(threading.Thread):
     the fault happened, and ``error`` holds anything the condition or the action raised.
     """
 
-    def __init__(self, condition: Callable[[], bool], action: Callable[[], object],
-                 timeout_s: float = 600, poll_s: float = 0.5):
+    def __init__(
+        self, condition: Callable[[], bool], action: Callable[[], object], timeout_s: float = 600, poll_s: float = 0.5
+    ):
         super().__init__(daemon=True)
         self.condition, self.action, self.timeout_s, self.poll_s = condition, action, timeout_s, poll_s
         self.abort = threading.Event()
@@ -105,7 +136,7 @@ class Trigger(threading.Thread):
         except BaseException as exc:  # reported by the test, not lost in the thread
             self.error = exc
 
-    def __enter__(self) -> "Trigger":
+    def __enter__(self) -> Trigger:
         self.start()
         return self
 
@@ -116,35 +147,3 @@ class Trigger(threading.Thread):
     def assert_fired(self, what: str) -> None:
         assert self.error is None, f"the fault could not be made: {self.error!r}"
         assert self.fired_at is not None, f"the fault never happened: {what}"
-
-
-# -- what every fault must leave behind ------------------------------------------------------
-
-
-def assert_only_good_replicas(sandbox_env, good: str) -> None:
-    """The good release serves, and the only app containers are its replicas (no one-offs,
-    no replica of the failed release, nothing stopped left behind)."""
-    assert serving_versions(sandbox_env) == {good}
-    client = docker.DockerClient(base_url=sandbox_env.target.docker_host, timeout=30)
-    try:
-        containers = client.containers.list(all=True, filters={"label": f"{APP_LABEL}=architect-api"})
-        described = [(c.name, c.status, c.labels.get(VERSION_LABEL)) for c in containers]
-    finally:
-        client.close()
-    assert not [c for c in containers if ONE_OFF_LABEL in c.labels], f"one-off containers left: {described}"
-    assert {c.labels.get(VERSION_LABEL) for c in containers} == {good}, described
-    assert all(c.status == "running" for c in containers), described
-    assert len(containers) == sandbox_env.target.replicas, described
-
-
-def assert_slack_told(messages: list[dict], state, *texts: str) -> None:
-    """One message for the run, its last version the outcome, the reason in its thread."""
-    posts, updates, replies = slack_thread_of(messages, state)
-    assert len(posts) == 1, f"one Slack message per run, got {len(posts)}"
-    final = (updates or posts)[-1]["text"]
-    assert "failed" in final, final
-    thread = "\n".join(m["text"] for m in replies)
-    for text in texts:
-        assert text.lower() in thread.lower(), thread
-
-

@@ -96,11 +96,21 @@ IMPLICIT: dict[str, tuple[str, str]] = {
 
 # --- what counts as starting a program ----------------------------------------------------------
 _ARGV_LAUNCHERS = {f"subprocess.{n}" for n in ("run", "Popen", "call", "check_call", "check_output")} | {"pty.spawn"}
-_SHELL_LAUNCHERS = {"subprocess.getoutput", "subprocess.getstatusoutput", "os.system", "os.popen",
-                    "asyncio.create_subprocess_shell", "asyncio.subprocess.create_subprocess_shell"}
+_SHELL_LAUNCHERS = {
+    "subprocess.getoutput",
+    "subprocess.getstatusoutput",
+    "os.system",
+    "os.popen",
+    "asyncio.create_subprocess_shell",
+    "asyncio.subprocess.create_subprocess_shell",
+}
 _EXEC_SUFFIXES = ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")
-_PROGRAM_FIRST = {"asyncio.create_subprocess_exec", "asyncio.subprocess.create_subprocess_exec",
-                  "os.posix_spawn", "os.posix_spawnp"} | {f"os.exec{s}" for s in _EXEC_SUFFIXES}
+_PROGRAM_FIRST = {
+    "asyncio.create_subprocess_exec",
+    "asyncio.subprocess.create_subprocess_exec",
+    "os.posix_spawn",
+    "os.posix_spawnp",
+} | {f"os.exec{s}" for s in _EXEC_SUFFIXES}
 _PROGRAM_SECOND = {f"os.spawn{s}" for s in _EXEC_SUFFIXES}
 _DOCKER_CLIENTS = {"from_env", "DockerClient", "APIClient"}
 # Programs that run another program given later on their command line: the argv[0] after the
@@ -108,8 +118,19 @@ _DOCKER_CLIENTS = {"from_env", "DockerClient", "APIClient"}
 _COMMAND_RUNNERS = {"runuser": "--", "sudo": "--", "env": "options", "nohup": "options", "setsid": "options"}
 
 # Calls whose result names the same program as their first argument (paths, look-ups).
-_SAME_PROGRAM = {"builtins.str", "os.fspath", "pathlib.Path", "pathlib.PurePath", "pathlib.PosixPath", "shutil.which",
-                 "os.path.realpath", "os.path.abspath", "os.path.expanduser", "os.path.normpath", "os.path.basename"}
+_SAME_PROGRAM = {
+    "builtins.str",
+    "os.fspath",
+    "pathlib.Path",
+    "pathlib.PurePath",
+    "pathlib.PosixPath",
+    "shutil.which",
+    "os.path.realpath",
+    "os.path.abspath",
+    "os.path.expanduser",
+    "os.path.normpath",
+    "os.path.basename",
+}
 _PATH_METHODS = {"resolve", "absolute", "expanduser", "as_posix"}
 _ENV_LOOKUPS = {"os.environ.get", "os.getenv"}  # the default is the program; an override is the user's business
 
@@ -139,7 +160,7 @@ class Unresolved:
 @dataclass
 class Scan:
     programs: dict[str, set[Site]]  # program name -> where the project starts it
-    unresolved: list[Unresolved]    # launches whose program could not be worked out
+    unresolved: list[Unresolved]  # launches whose program could not be worked out
 
 
 # ================================================================================================
@@ -647,7 +668,7 @@ class Interpreter:
         tail: list[ast.expr] = list(expr.values)
         for i, part in enumerate(expr.values):
             if isinstance(part, ast.Constant) and "/" in str(part.value):
-                tail = [ast.Constant(str(part.value).rsplit("/", 1)[1]), *expr.values[i + 1:]]
+                tail = [ast.Constant(str(part.value).rsplit("/", 1)[1]), *expr.values[i + 1 :]]
         tail = [p for p in tail if not (isinstance(p, ast.Constant) and p.value == "")]
         texts = [str(p.value) for p in tail if isinstance(p, ast.Constant)]
         if tail and len(texts) == len(tail):
@@ -700,8 +721,9 @@ class Interpreter:
 
     def _seq(self, expr: ast.expr, ctx: Ctx) -> list[Alt]:
         if isinstance(expr, (ast.List, ast.Tuple)):
-            parts: list[list[Alt]] = [self.seq(e.value, ctx) if isinstance(e, ast.Starred) else [((e, ctx),)]
-                                      for e in expr.elts]
+            parts: list[list[Alt]] = [
+                self.seq(e.value, ctx) if isinstance(e, ast.Starred) else [((e, ctx),)] for e in expr.elts
+            ]
             return _concat(parts)
         if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
             return _concat([self.seq(expr.left, ctx), self.seq(expr.right, ctx)])
@@ -825,7 +847,7 @@ class Interpreter:
                 return [_Unknown(f"cannot tell which program `{runner}` runs")]
             text = item[0].value if isinstance(item[0], ast.Constant) and isinstance(item[0].value, str) else None
             if text == "--":
-                return self.argv0([rest[i + 1:]])
+                return self.argv0([rest[i + 1 :]])
             if _COMMAND_RUNNERS[runner] == "options" and not (text and (text.startswith("-") or "=" in text)):
                 return self.argv0([rest[i:]])
         return [_Unknown(f"cannot tell which program `{runner}` runs (no `--` before it)")]
@@ -862,7 +884,8 @@ class Interpreter:
                     return members
             # An object of unknown class: every project method or callable field of that name.
             targets: list[_Target | _External | _Unknown] = [
-                _Target(m, drop_self=not _is_static(m)) for m, _ in self.project.methods_named(func.attr)]
+                _Target(m, drop_self=not _is_static(m)) for m, _ in self.project.methods_named(func.attr)
+            ]
             for infos in self.project.classes.values():
                 for info in infos:
                     if any(n == func.attr and "Callable" in _code(a) for n, _, a in info.fields):
@@ -925,7 +948,7 @@ class Interpreter:
         for call, scope in self.project.calls_named.get(info.name, []):
             site = Site(scope.module.path, call.lineno)
             given = next((k.value for k in call.keywords if k.arg == name), None)
-            positional = call.args[:index + 1]
+            positional = call.args[: index + 1]
             if given is None and len(positional) > index and not any(isinstance(a, ast.Starred) for a in positional):
                 given = call.args[index]
             ctx = Ctx(scope, None, site) if given is not None else Ctx(info.scope, None, site)
@@ -945,7 +968,7 @@ class Interpreter:
     def bind(self, call: ast.Call, target: _Target, ctx: Ctx) -> dict[str, tuple[ast.expr, Ctx] | None]:
         """The target's parameters, each bound to the call's argument (None: passed with * or **)."""
         params = target.scope.params
-        positional = [p for p in params if p.kind == "positional"][1 if target.drop_self else 0:]
+        positional = [p for p in params if p.kind == "positional"][1 if target.drop_self else 0 :]
         vararg = next((p for p in params if p.kind == "vararg"), None)
         binds: dict[str, tuple[ast.expr, Ctx] | None] = {}
         starred_at = next((i for i, a in enumerate(call.args) if isinstance(a, ast.Starred)), len(call.args))
@@ -957,7 +980,7 @@ class Interpreter:
                 binds[param.name] = None
         if vararg is not None:
             if starred_at >= len(positional):
-                rest = ast.Tuple(elts=list(call.args[len(positional):]), ctx=ast.Load())
+                rest = ast.Tuple(elts=list(call.args[len(positional) :]), ctx=ast.Load())
                 binds[vararg.name] = (rest, ctx)
             else:
                 binds[vararg.name] = None
@@ -1117,8 +1140,12 @@ def _is_docker_client(qualname: str) -> bool:
 
 
 def _is_containers_run(func: ast.expr) -> bool:
-    return (isinstance(func, ast.Attribute) and func.attr == "run"
-            and isinstance(func.value, ast.Attribute) and func.value.attr == "containers")
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == "run"
+        and isinstance(func.value, ast.Attribute)
+        and func.value.attr == "containers"
+    )
 
 
 def scan(root: Path = REPO_ROOT, dirs: Iterable[str] = SCANNED_DIRS) -> Scan:
@@ -1290,8 +1317,9 @@ def _python_files_of(names: set[str]) -> tuple[dict[str, str], dict[str, str]]:
     return files, scripts
 
 
-def check(programs: Iterable[str], entries: Iterable[ListEntry],
-          pyproject: Path = REPO_ROOT / "pyproject.toml") -> dict[str, Verdict]:
+def check(
+    programs: Iterable[str], entries: Iterable[ListEntry], pyproject: Path = REPO_ROOT / "pyproject.toml"
+) -> dict[str, Verdict]:
     """A verdict per program: does the list, the base image or pyproject.toml account for it?"""
     entries = list(entries)
     listed = {e.name: e.origin for e in entries if not e.is_file}
@@ -1318,15 +1346,35 @@ def check(programs: Iterable[str], entries: Iterable[ListEntry],
             continue
         real = os.path.realpath(found)
         packages = list(dict.fromkeys(p for c in candidates[name] for p in owners.get(c, ())))
-        verdicts[name] = _decide(name, real, found, packages, listed, needed_by, base_files,
-                                 python_files, {**python_scripts, **dict.fromkeys(own_scripts, "this project")},
-                                 own_python, scripts_dir)
+        verdicts[name] = _decide(
+            name,
+            real,
+            found,
+            packages,
+            listed,
+            needed_by,
+            base_files,
+            python_files,
+            {**python_scripts, **dict.fromkeys(own_scripts, "this project")},
+            own_python,
+            scripts_dir,
+        )
     return verdicts
 
 
-def _decide(name: str, real: str, found: str, packages: list[str], listed: Mapping[str, str],
-            needed_by: Mapping[str, tuple[str, ...]], base_files: set[str], python_files: Mapping[str, str],
-            python_scripts: Mapping[str, str], own_python: str, scripts_dir: str) -> Verdict:
+def _decide(
+    name: str,
+    real: str,
+    found: str,
+    packages: list[str],
+    listed: Mapping[str, str],
+    needed_by: Mapping[str, tuple[str, ...]],
+    base_files: set[str],
+    python_files: Mapping[str, str],
+    python_scripts: Mapping[str, str],
+    own_python: str,
+    scripts_dir: str,
+) -> Verdict:
     for package in packages:
         if package in listed:
             return Verdict(name, real, package, True, f"listed ({listed[package]})")
@@ -1344,7 +1392,18 @@ def _decide(name: str, real: str, found: str, packages: list[str], listed: Mappi
     if real == own_python:
         return Verdict(name, real, None, True, "the Python that runs the project (sys.executable)")
     if packages:
-        return Verdict(name, real, ", ".join(packages), False,
-                       "its Debian package is not in system-packages.txt, and no package there needs it")
-    return Verdict(name, real, None, False, "no Debian package owns it (dpkg -S), the list names no such base file, "
-                                            "and no distribution pyproject.toml names installed it")
+        return Verdict(
+            name,
+            real,
+            ", ".join(packages),
+            False,
+            "its Debian package is not in system-packages.txt, and no package there needs it",
+        )
+    return Verdict(
+        name,
+        real,
+        None,
+        False,
+        "no Debian package owns it (dpkg -S), the list names no such base file, "
+        "and no distribution pyproject.toml names installed it",
+    )

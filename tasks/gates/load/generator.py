@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import math
 import multiprocessing
 import os
@@ -43,7 +42,18 @@ from urllib.parse import urlsplit
 
 from yarl import URL
 
-from tasks.gates.load.model import API_MIX, EVENT_BODY, LatencyHistogram, LoadProfile, ProcessResult, ProfileRun, RequestSpec
+from tasks.core.errors import SetupError
+from tasks.core.http import retry_after_seconds
+from tasks.core.net import is_loopback_host
+from tasks.gates.load.model import (
+    API_MIX,
+    EVENT_BODY,
+    LatencyHistogram,
+    LoadProfile,
+    ProcessResult,
+    ProfileRun,
+    RequestSpec,
+)
 
 PER_PROCESS_RPS = 1500  # one aiohttp process holds this with p99 lag well under a millisecond or two
 SETUP_TIMEOUT_S = 30.0
@@ -67,10 +77,6 @@ class GeneratorConfig:
     seed: int = 1
 
 
-class SetupError(Exception):
-    """The generator could not start: login refused, service unreachable, bad CA."""
-
-
 def check_loopback(url: str) -> None:
     """Load goes to this machine only: every address the host resolves to must be loopback."""
     parts = urlsplit(url)
@@ -80,7 +86,7 @@ def check_loopback(url: str) -> None:
         infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise ValueError(f"load target {parts.hostname} does not resolve: {exc}") from exc
-    bad = {i[4][0] for i in infos if not ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback}
+    bad = {i[4][0] for i in infos if not is_loopback_host(i[4][0])}
     if bad or not infos:
         raise ValueError(f"load targets must be loopback; {parts.hostname} resolves to {sorted(bad)}")
 
@@ -95,23 +101,26 @@ class _Worker:
     async def _login(self, attempts: int = 3, max_wait_s: float = 10.0) -> str:
         """One login; a 429 (the smoke suite has just tested the limiter) is waited out, boundedly."""
         for attempt in range(attempts):
-            async with self.session.post(self.base + "/api/v1/auth/login",
-                                         json={"username": self.c.username, "password": self.c.password}) as resp:
+            async with self.session.post(
+                self.base + "/api/v1/auth/login", json={"username": self.c.username, "password": self.c.password}
+            ) as resp:
                 await resp.read()
                 if resp.status == 200 and "session" in resp.cookies:
                     return resp.cookies["session"].value
-                retry_after = resp.headers.get("Retry-After", "")
-                if resp.status != 429 or attempt == attempts - 1 or not retry_after.isdigit():
+                wait = retry_after_seconds(resp.headers.get("Retry-After"))
+                if resp.status != 429 or attempt == attempts - 1 or wait is None:
                     raise SetupError(f"login answered HTTP {resp.status}")
-            await asyncio.sleep(min(float(retry_after), max_wait_s))
+            await asyncio.sleep(min(wait, max_wait_s))
         raise SetupError("login failed")
 
     async def setup(self, aiohttp) -> None:
         ssl_ctx = ssl.create_default_context(cafile=self.c.ca_file) if self.base.startswith("https") else None
         connector = aiohttp.TCPConnector(limit=self.c.connections, ssl=ssl_ctx if ssl_ctx else True)
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.c.timeout_s),
-            cookie_jar=aiohttp.DummyCookieJar())  # the session cookie goes in a header we control
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.c.timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )  # the session cookie goes in a header we control
         self.aiohttp = aiohttp
         if self.c.session_cookie:
             self.auth_headers = {"Cookie": f"session={self.c.session_cookie}"}
@@ -199,7 +208,7 @@ class _Worker:
             async with self.session.request(method, url, data=body, headers=headers) as resp:
                 await resp.read()
                 outcome = None if 200 <= resp.status < 400 else str(resp.status)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = "timeout"
         except (self.aiohttp.ClientError, OSError) as exc:
             outcome = f"connection ({type(exc).__name__})"
@@ -267,8 +276,12 @@ def processes_for(rate_rps: float) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(rate_rps / PER_PROCESS_RPS)))
 
 
-def run_profile(config: GeneratorConfig, profile: LoadProfile, processes: int | None = None,
-                on_progress: Callable[[float], None] | None = None) -> ProfileRun:
+def run_profile(
+    config: GeneratorConfig,
+    profile: LoadProfile,
+    processes: int | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> ProfileRun:
     """Run one profile in ``processes`` generator processes (default: one per ``PER_PROCESS_RPS``).
 
     Raises ``SetupError`` when a process cannot log in or reach the service, ``ValueError``
@@ -349,5 +362,17 @@ def merge(profile: LoadProfile, results: list[ProcessResult], config: GeneratorC
         lag_p99 = r.lag.percentile(99) * 1000
         if r.lag.total and lag_p99 > config.max_send_lag_ms:
             saturation.append(f"{tag} p99 send lag {lag_p99:.1f} ms (limit {config.max_send_lag_ms:g} ms){busy}")
-    return ProfileRun(profile, results, latency, lag, errors, by_endpoint, endpoint_errors, timeline,
-                      timeline_errors, saturation, config.slot_s, shortfall)
+    return ProfileRun(
+        profile,
+        results,
+        latency,
+        lag,
+        errors,
+        by_endpoint,
+        endpoint_errors,
+        timeline,
+        timeline_errors,
+        saturation,
+        config.slot_s,
+        shortfall,
+    )

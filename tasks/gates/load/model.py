@@ -95,8 +95,9 @@ class LoadProfile:
         return int(self.rate_rps * self.duration_s)
 
 
-def profiles_from_targets(targets, duration_s: float = 10.0, warmup_s: float = 2.0,
-                          sustained_s: float = 60.0) -> dict[str, LoadProfile]:
+def profiles_from_targets(
+    targets, duration_s: float = 10.0, warmup_s: float = 2.0, sustained_s: float = 60.0
+) -> dict[str, LoadProfile]:
     """The guide's profiles from a ``PerformanceTargets``: baseline, expected, spike, sustained."""
     return {
         "light": LoadProfile("light", targets.min_rps, duration_s, warmup_s),

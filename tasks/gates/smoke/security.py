@@ -1,8 +1,8 @@
-"""The client-visible half of the guide's security checklist, run as part of the smoke gate.
+"""The security checks: the client-visible half of the guide's security checklist, run in the smoke gate.
 
 HTTPS redirect and HSTS, the certificate, CORS, input validation, SQL injection and XSS probes,
 and the login rate limit. ``SECURITY_CHECKS`` need only the session; ``certificate`` and
-``rate_limit`` take the suite's parameters.
+``rate_limit`` take the suite's parameters (``tasks.gates.smoke.suite`` places them).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import json
 import socket
 import ssl
 import time
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
 
+from tasks.core.http import retry_after_seconds
 from tasks.gates.smoke.session import CheckFailed, SmokeCheck, SmokeSession, body_json, expect, registry
 
 XSS_PROBE = "<script>alert(1)</script>"
@@ -26,7 +25,6 @@ DB_ERROR_MARKERS = ("syntax error at or near", "pq: ", "sqlstate", "unterminated
 
 SECURITY_CHECKS: list[tuple[str, SmokeCheck]] = []
 security = registry(SECURITY_CHECKS)
-
 
 
 def _http_base(s: SmokeSession) -> str:
@@ -58,9 +56,11 @@ def certificate(s: SmokeSession, min_days: float) -> str:
     host, port = parts.hostname or "", parts.port or 443
     s.requests.append(f"TLS handshake {host}:{port}")
     try:  # create_default_context verifies the chain and the hostname
-        with socket.create_connection((host, port), timeout=10) as raw:
-            with s.verify.wrap_socket(raw, server_hostname=host) as tls:
-                cert = tls.getpeercert()
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            s.verify.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            cert = tls.getpeercert()
     except (ssl.SSLError, OSError) as exc:
         raise CheckFailed(f"TLS handshake failed: {exc}") from None
     days = (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400
@@ -89,8 +89,10 @@ def _cors_allowed(s: SmokeSession) -> str:
 
 @security("security: CORS refuses another origin")
 def _cors_refused(s: SmokeSession) -> str:
-    for kind, response in (("request", s.session().get("/api/v1/auth/me", headers={"Origin": EVIL_ORIGIN})),
-                           ("preflight", _preflight(s, EVIL_ORIGIN))):
+    for kind, response in (
+        ("request", s.session().get("/api/v1/auth/me", headers={"Origin": EVIL_ORIGIN})),
+        ("preflight", _preflight(s, EVIL_ORIGIN)),
+    ):
         acao = response.headers.get("access-control-allow-origin")
         if acao is not None or response.status_code >= 500:
             raise CheckFailed(f"{kind}: {response.status_code}, Access-Control-Allow-Origin {acao!r} for {EVIL_ORIGIN}")
@@ -126,8 +128,10 @@ def _sql_injection(s: SmokeSession) -> str:
         s.last = response
         leaked = [m for m in DB_ERROR_MARKERS if m in response.text.lower()]
         if response.status_code >= 500 or leaked:
-            raise CheckFailed(f"{response.request.method} {response.request.url.raw_path.decode()} -> "
-                              f"{response.status_code}{' leaking ' + str(leaked) if leaked else ''}")
+            raise CheckFailed(
+                f"{response.request.method} {response.request.url.raw_path.decode()} -> "
+                f"{response.status_code}{' leaking ' + str(leaked) if leaked else ''}"
+            )
     if probes[0].status_code == 201:
         s.created_events.append(str(probes[0].json().get("id")))
         if probes[0].json().get("type") != SQL_PROBE:
@@ -160,19 +164,16 @@ def rate_limit(s: SmokeSession, attempts: int, wait_max_s: float) -> str:
     deadline = time.monotonic() + 60
     body = {"username": f"smoke-ratelimit-{s.tag}", "password": "not-the-password"}
     with s.new_client() as anon:
-        for sent in range(1, max(attempts, 1) + 1):
+        for sent in range(1, max(attempts, 1) + 1):  # noqa: B007 (the count is reported after the loop)
             response = anon.post("/api/v1/auth/login", json=body)
             if response.status_code == 429 or response.status_code >= 500 or time.monotonic() > deadline:
                 break
     if response.status_code != 429:
         raise CheckFailed(f"no 429 after {sent} failed logins (last {response.status_code})")
     retry_after = response.headers.get("retry-after", "")
-    try:
-        wait = float(retry_after)
-    except ValueError:
-        try:
-            wait = (parsedate_to_datetime(retry_after) - datetime.now(timezone.utc)).total_seconds()
-        except (TypeError, ValueError):
-            raise CheckFailed(f"429 without a usable Retry-After (got {retry_after!r})") from None
-    time.sleep(min(max(wait, 0.0), wait_max_s))
-    return f"429 after {sent} attempts, Retry-After {retry_after} (waited {min(max(wait, 0), wait_max_s):.0f} s)"
+    wait = retry_after_seconds(retry_after)
+    if wait is None:
+        raise CheckFailed(f"429 without a usable Retry-After (got {retry_after!r})")
+    waited = min(wait, wait_max_s)
+    time.sleep(waited)
+    return f"429 after {sent} attempts, Retry-After {retry_after} (waited {waited:.0f} s)"

@@ -1,7 +1,9 @@
-"""The smoke session: one logged-in client shared by the smoke and security checks.
+"""The smoke session: the HTTP client the smoke and security checks share, and how a check runs.
 
-A check is a function of the session that returns what it saw or raises ``CheckFailed``;
-``run_check`` turns either into a ``CheckResult`` with the requests the check made.
+``SmokeSession`` holds one logged-in client, the ids the checks created and the requests each
+made. A check is a function of the session that returns what it saw or raises ``CheckFailed``;
+``registry`` collects checks in definition order, ``run_check`` turns either outcome into a
+``CheckResult``. ``expect``, ``body_json``, ``created_body`` and ``items_of`` read responses.
 """
 
 from __future__ import annotations
@@ -13,13 +15,10 @@ from http.cookies import SimpleCookie
 import httpx
 
 from blocks.environment import StagingEnvironment
-from tasks.gates.health import Redactor, environment_secrets, excerpt
+from tasks.core.errors import CheckFailed
 from tasks.core.models import CheckResult, Verdict
-
-
-
-class CheckFailed(Exception):
-    """Raised inside a smoke check: the check fails with this reason."""
+from tasks.core.redaction import Redactor
+from tasks.gates.evidence import environment_secrets, excerpt
 
 
 def expect(response: httpx.Response, *codes: int) -> httpx.Response:
@@ -89,7 +88,7 @@ class SmokeSession:
             cookie = SimpleCookie()
             cookie.load(header)
             if "session" in cookie and cookie["session"].value:
-                self.redact.secrets.append(cookie["session"].value)
+                self.redact = self.redact.with_secrets([cookie["session"].value])
                 return response, cookie["session"].value
         raise CheckFailed("login answered 200 but set no 'session' cookie")
 
@@ -115,7 +114,6 @@ class SmokeSession:
         if kind not in self.ids:
             self.ids[kind] = str(make()["id"])
         return self.ids[kind]
-
 
 
 SmokeCheck = Callable[[SmokeSession], str]
@@ -146,5 +144,10 @@ def run_check(s: SmokeSession, name: str, fn: Callable[[], str]) -> CheckResult:
     for r in s.requests:
         seen += [] if r in seen else [r]
     request = ", ".join(f"{r} x{s.requests.count(r)}" if s.requests.count(r) > 1 else r for r in seen)
-    return CheckResult(name=name, verdict=verdict, detail=s.redact(detail), request=s.redact(request)[:500],
-                       response=s.redact(response))
+    return CheckResult(
+        name=name,
+        verdict=verdict,
+        detail=s.redact(detail),
+        request=s.redact(request)[:500],
+        response=s.redact(response),
+    )

@@ -1,11 +1,14 @@
-"""The smoke gate: the guide's functional smoke coverage plus the security checks, as one suite.
+"""The smoke gate: the ``run_smoke_suite`` task and the table of checks it runs.
 
-Every check is named and independent: it fails alone with its reason, the others still run
-(see ``tasks.gates.smoke.session``). The flow decides on the report.
+The functional checks (the guide's auth, events, errors, notifications, health and metrics
+coverage) are defined here; the security checks come from ``tasks.gates.smoke.security``, the
+session they share from ``tasks.gates.smoke.session``. Every check is named and independent: it
+fails alone with its reason, the others still run. The flow decides on the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import httpx
@@ -13,12 +16,22 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.environment import StagingEnvironment
-from tasks.gates.health import publish_table
-from tasks.core.run_log import run_logger
 from tasks.core.models import GateReport
+from tasks.core.run_log import run_logger
+from tasks.core.stages import Stage
+from tasks.gates.evidence import publish_table
+from tasks.gates.health import health_problem
 from tasks.gates.smoke.security import SECURITY_CHECKS, certificate, rate_limit
 from tasks.gates.smoke.session import (
-    CheckFailed, SmokeCheck, SmokeSession, body_json, created_body, expect, items_of, registry, run_check,
+    CheckFailed,
+    SmokeCheck,
+    SmokeSession,
+    body_json,
+    created_body,
+    expect,
+    items_of,
+    registry,
+    run_check,
 )
 
 FUNCTIONAL_CHECKS: list[tuple[str, SmokeCheck]] = []
@@ -214,12 +227,10 @@ def _health_200(s: SmokeSession) -> str:
 @smoke("health: all components healthy")
 def _health_components(s: SmokeSession) -> str:
     response = s.client.get("/health")
-    body = body_json(response) if response.status_code in (200, 503) else {}
-    components = body.get("components") or {}
-    bad = {k: v for k, v in components.items() if v != "healthy"}
-    if not components or bad or body.get("status") != "healthy":
-        raise CheckFailed(f"status={body.get('status')!r} components={components}")
-    return ", ".join(f"{k}=healthy" for k in components)
+    problem = health_problem(response)  # the health gate's own judgement
+    if problem:
+        raise CheckFailed(problem)
+    return ", ".join(f"{k}=healthy" for k in response.json()["components"])
 
 
 @smoke("health: metrics endpoint responds")
@@ -265,10 +276,12 @@ def run_smoke_suite(
     logger = run_logger()
     s = SmokeSession(environment, http_url)
     checks: list[tuple[str, Callable[[], str]]] = [(name, lambda fn=fn: fn(s)) for name, fn in SMOKE_CHECKS]
-    checks.insert(next(i for i, (n, _) in enumerate(checks) if n.startswith("security: CORS")),
-                  ("security: certificate valid", lambda: certificate(s, min_cert_days)))
+    checks.insert(
+        next(i for i, (n, _) in enumerate(checks) if n.startswith("security: CORS")),
+        ("security: certificate valid", lambda: certificate(s, min_cert_days)),
+    )
     checks.append(("security: rate limiting", lambda: rate_limit(s, rate_limit_attempts, rate_limit_wait_max_s)))
-    report = GateReport(stage="smoke")
+    report = GateReport(stage=Stage.SMOKE)
     try:
         for name, fn in checks:
             result = run_check(s, name, fn)
@@ -276,10 +289,10 @@ def run_smoke_suite(
             report.checks.append(result)
     finally:
         for event_id in s.created_events:  # best effort: the smoke run leaves no events behind
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 s.client.delete(f"/api/v1/events/{event_id}")
-            except httpx.HTTPError:
-                pass
         s.client.close()
-    publish_table(report, "smoke-gate", lambda c: c.model_dump(include={"name", "verdict", "request", "detail", "response"}))
+    publish_table(
+        report, "smoke-gate", lambda c: c.model_dump(include={"name", "verdict", "request", "detail", "response"})
+    )
     return report
