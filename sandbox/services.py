@@ -131,8 +131,6 @@ def make_app_repo() -> str:
 
 
 def run_blocks_hook() -> str:
-    if not (config.REPO_ROOT / "blocks" / "sandbox_environment.py").exists():
-        return "skipped (no sandbox/environment_block.py)"
     procs.run([sys.executable, "-m", "sandbox.environment_block"], env=_hook_env(), cwd=config.REPO_ROOT, timeout=300)
     return "blocks saved"
 
