@@ -49,6 +49,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from blocks.approvers import Role
+from tasks.core.errors import RequestRefused as Refused
 from tasks.core.escaping import for_slack
 from tasks.signoff.approval import read_ledger, refusal_reason
 from tasks.signoff.document import Ledger
@@ -81,10 +82,6 @@ class ReceiverConfig(BaseModel):
     @classmethod
     def load(cls, path: Path) -> ReceiverConfig:
         return cls.model_validate_json(path.read_text())
-
-
-class Refused(Exception):
-    """A request the receiver does not act on; the message says why (never a signature)."""
 
 
 class ReplayGuard:

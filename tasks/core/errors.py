@@ -73,6 +73,26 @@ class SetupError(PermanentError):
     """The load generator could not start: login refused, service unreachable, bad CA."""
 
 
+class ProofRefused(PermanentError):
+    """A sign-off's proof does not count. The message says why and never repeats the proof."""
+
+
+class CodeRefused(ProofRefused):
+    """A one-time code does not count."""
+
+
+class ReceiptRefused(ProofRefused):
+    """A sign-off receiver's receipt does not count."""
+
+
+class SshSignatureError(ProofRefused):
+    """An SSH signature cannot be made, or does not verify."""
+
+
+class RequestRefused(ProofRefused):
+    """A request the sign-off receiver does not act on: unsigned, replayed, expired, or not a lead's."""
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line: psycopg's and libpq's messages carry newlines and tabs."""
     return " ".join(str(exc).split())

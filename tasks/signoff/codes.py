@@ -14,14 +14,11 @@ import threading
 from dataclasses import dataclass, field
 
 from blocks.approvers import Approver, Role
+from tasks.core.errors import CodeRefused
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base32: no I, L, O, U to misread
 LENGTH = 10  # 50 bits; each guess costs a whole resume and pause
 CODE_PREFIX = "code:"  # optional, so a code can never be mistaken for another kind of proof
-
-
-class CodeRefused(Exception):
-    """Why a code does not count (never the code itself)."""
 
 
 def normalize(code: str) -> str:

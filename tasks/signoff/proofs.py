@@ -20,6 +20,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from blocks.approvers import Approver, Role
+from tasks.core.errors import ProofRefused
 from tasks.signoff.codes import CodeRefused, OneTimeCodes, looks_like_code
 from tasks.signoff.policy import SignOffPolicy
 from tasks.signoff.receipts import ReceiptRefused, looks_like_receipt, verify_receipt
@@ -30,10 +31,6 @@ SignOffPath = Literal["slack", "ui", "terminal"]
 # What Slack reads as markup that reaches people: <!channel>, <!here>, <@U…>, <#C…>, <https://…|…>.
 SLACK_CONTROL = re.compile(r"<\s*[!@#]|<\s*[A-Za-z][A-Za-z0-9+.-]*:")
 NOTES_MAX = 2000
-
-
-class ProofRefused(Exception):
-    """Why a sign-off's proof does not count. The message never repeats the proof."""
 
 
 class VerifiedProof(BaseModel):

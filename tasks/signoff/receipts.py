@@ -17,14 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from pydantic import BaseModel, ValidationError
 
+from tasks.core.errors import ReceiptRefused
 from tasks.signoff.statement import Statement, canonical_json
 
 PREFIX = "architect-receipt.v1."
 MAX_AGE_S = 15 * 60  # a receipt is used within seconds; an old one is someone's copy
-
-
-class ReceiptRefused(Exception):
-    """Why a receipt does not count (never the receipt itself)."""
 
 
 class ReceiptClaims(BaseModel):

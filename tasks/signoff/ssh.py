@@ -14,15 +14,12 @@ import tempfile
 from pathlib import Path
 
 from blocks.approvers import Approver, parse_allowed_signer
+from tasks.core.errors import SshSignatureError
 from tasks.signoff.statement import NAMESPACE
 
 SSH_KEYGEN = "ssh-keygen"
 ARMORED = re.compile(r"-----BEGIN SSH SIGNATURE-----\n[A-Za-z0-9+/=\n]{40,8000}-----END SSH SIGNATURE-----\n?")
 TIMEOUT_S = 20
-
-
-class SshSignatureError(Exception):
-    """The signature cannot be made, or does not verify (the message says why, never the signature)."""
 
 
 def looks_like_ssh_signature(text: str) -> bool:
