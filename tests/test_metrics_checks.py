@@ -495,7 +495,8 @@ def test_metrics_table_shows_both_judgments_with_a_deploy_time(prom, sandbox_up)
 def test_real_prometheus_compares_the_release_with_its_own_traffic_before_the_deploy(sandbox_env):
     def traffic():
         with httpx.Client(base_url=str(sandbox_env.api_url), verify=sandbox_env.ssl_context(), timeout=5) as client:
-            for _ in range(120):  # bounded: enough samples on each side of the "deploy"
+            # Bounded: enough samples on each side of the "deploy" for P95's tail (10 above it needs 200).
+            for _ in range(300):
                 client.get("/health").raise_for_status()
 
     traffic()
