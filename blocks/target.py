@@ -17,7 +17,7 @@ from prefect.blocks.core import Block
 from pydantic import model_validator
 
 from blocks.validation import reject_unknown_fields
-from tasks.core.models import DeployPlan, OneOffResult, Revision, RolloutResult
+from tasks.core.models import DeployPlan, OneOffResult, ReplicaState, Revision, RolloutResult
 
 
 class TargetEngine(abc.ABC):
@@ -68,6 +68,15 @@ class TargetEngine(abc.ABC):
     def replica_urls(self) -> list[str]:
         """Base URLs of the running replicas that a check on this machine can reach directly."""
 
+    def remove_release(self, timeout_s: float) -> str:
+        """Stop serving the app at all (a failed first deploy has nothing to go back to): Docker
+        removes the replicas, Kubernetes scales the Deployment to zero. Returns what was done."""
+        raise NotImplementedError(f"{type(self).__name__} cannot remove a release yet")
+
+    def replica_states(self) -> list[ReplicaState]:
+        """Every replica of the app as the target sees it now (running, ready, restarts)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list replica states yet")
+
 
 class DeployTarget(Block, abc.ABC):
     """Abstract base of the deploy target blocks; not registered itself.
@@ -87,6 +96,11 @@ class DeployTarget(Block, abc.ABC):
     def with_checkout(self, repo_dir: str) -> DeployTarget:
         """This target reading what it needs (manifests, templates) from an app checkout."""
         return self
+
+    @abc.abstractmethod
+    def identity(self) -> str:
+        """Which app on which engine or cluster this target deploys, with the address resolved:
+        two blocks that name the same replicas give the same identity (the lock and journal key)."""
 
     def replicas_to_check(self, rollout: RolloutResult) -> int | None:
         """How many URLs ``replica_urls()`` must list after ``rollout``: one per replica it left
@@ -121,3 +135,9 @@ class DeployTarget(Block, abc.ABC):
 
     def replica_urls(self) -> list[str]:
         return self.engine().replica_urls()
+
+    def remove_release(self, timeout_s: float) -> str:
+        return self.engine().remove_release(timeout_s)
+
+    def replica_states(self) -> list[ReplicaState]:
+        return self.engine().replica_states()

@@ -17,7 +17,7 @@ from blocks.docker.engine import DockerEngine
 from blocks.docker.history import RevisionHistory
 from blocks.target import DeployTarget
 from blocks.validation import check_docker_host, check_name, check_text
-from tasks.core.net import is_loopback_host
+from tasks.core.net import is_loopback_host, resolve_host
 
 
 class DockerTarget(DeployTarget):
@@ -95,6 +95,13 @@ class DockerTarget(DeployTarget):
     def get_client(self, timeout_s: float = 60) -> docker.DockerClient:
         """A client of this target's engine; an engine that does not answer is a TemporaryError."""
         return DockerConnection(self.docker_host, timeout_s).client
+
+    def identity(self) -> str:
+        scheme, _, address = self.docker_host.partition("://")
+        if scheme == "tcp":
+            host, _, port = address.rpartition(":")
+            address = f"{resolve_host(host.strip('[]'))}:{port}"
+        return f"docker {scheme}:{address} {self.app_name}"
 
     def engine(self) -> DockerEngine:
         return DockerEngine(self, RevisionHistory(self.history_file))

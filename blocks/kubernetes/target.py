@@ -22,7 +22,7 @@ from blocks.target import DeployTarget
 from blocks.validation import check_name, check_relative_path, check_text, check_url_text
 from tasks.core.errors import PermanentError
 from tasks.core.models import RolloutResult
-from tasks.core.net import is_loopback_host
+from tasks.core.net import is_loopback_host, resolve_host
 
 
 class KubernetesTarget(DeployTarget):
@@ -135,6 +135,14 @@ class KubernetesTarget(DeployTarget):
         if path != base and base not in path.parents:
             raise PermanentError(f"manifest_dir {self.manifest_dir!r} leaves the repo checkout")
         return path
+
+    def identity(self) -> str:
+        if self.host:
+            parts = urlsplit(self.host)
+            cluster = f"{parts.scheme}://{resolve_host(parts.hostname or '')}:{parts.port or 443}"
+        else:
+            cluster = "in-cluster" if self.in_cluster else f"context {self.context or '(current)'}"
+        return f"kubernetes {cluster} {self.namespace}/{self.deployment_name}"
 
     def engine(self) -> KubernetesEngine:
         return KubernetesEngine(self)

@@ -101,6 +101,16 @@ class ReplicaStatus(BaseModel):
     detail: str = ""
 
 
+class ReplicaState(BaseModel):
+    """One replica of the live release as the target sees it now (the release watcher reads these)."""
+
+    name: str
+    running: bool
+    ready: bool | None = None  # None where the target has no readiness of its own
+    restarts: int = 0  # since the replica was created
+    detail: str = ""  # why it is not running or not ready, as the target says it
+
+
 class RolloutResult(BaseModel):
     """The outcome of a rolling update or an undo."""
 

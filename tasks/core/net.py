@@ -7,6 +7,7 @@ the load generator to every address a target's name resolves to.
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 LOOPBACK_NAME = "localhost"
 
@@ -28,3 +29,18 @@ def is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def resolve_host(host: str) -> str:
+    """``host`` as one address: the lowest IPv4 address it resolves to (IPv6 if it has none);
+    every loopback name is ``loopback``, since all of them reach the same servers."""
+    if host.startswith("/"):  # a Unix socket directory: this machine
+        return "loopback"
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return host.lower()  # unresolvable now: the name itself, so the lock still means something
+    addresses = sorted({ipaddress.ip_address(info[4][0]) for info in infos}, key=lambda a: (a.version, int(a)))
+    if all(a.is_loopback for a in addresses):
+        return "loopback"
+    return str(addresses[0])
