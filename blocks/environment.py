@@ -21,7 +21,10 @@ from blocks.validation import (
     check_docker_host,
     check_env_names,
     check_plain_url,
+    check_repo_url,
     check_text,
+    check_tls_url,
+    docker_engine_is_remote_tcp,
     reject_unknown_fields,
 )
 
@@ -137,13 +140,20 @@ class StagingEnvironment(Block):
         "An environment the staging-deploy flow can target: API URL, deploy target, registry, "
         "database, Prometheus, Slack, performance targets and the leads who may sign off."
     )
+    # A refused value is not repeated in the error: an app_repo with a token in it would be.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     kind: Literal["sandbox", "staging"] = Field(
         "staging",
         description="'sandbox' is the local one-machine environment (whether a run may skip sign-off is "
         "the worker's setting ARCHITECT_ALLOW_SKIP_SIGNOFF, never a field of this block)",
     )
-    app_repo: str = Field(description="Git URL or path of the app's source repository")
+    app_repo: str = Field(
+        description="Git URL or path of the app's source repository (https://, ssh:// or a path; no credentials)"
+    )
+    app_repo_token: SecretStr | None = Field(
+        None, description="Token for an https:// app_repo that needs one (never in the URL itself)"
+    )
     api_url: AnyHttpUrl = Field(description="Load-balanced HTTPS URL of the API, e.g. https://staging-api.example")
     api_http_url: AnyHttpUrl | None = Field(
         None, description="Plain-HTTP URL of the same load balancer; the smoke suite checks it redirects to HTTPS"
@@ -151,11 +161,18 @@ class StagingEnvironment(Block):
     ca_bundle: str | None = Field(
         None, description="PEM file of the CA to trust for api_url; empty for the system store"
     )
+    cert_warning_days: float = Field(
+        30,
+        ge=0,
+        le=365,
+        description="The smoke suite warns (without failing) when api_url's certificate expires within this many days",
+    )
     target: DockerTarget | KubernetesTarget = Field(
         description="Where replicas run: one Docker engine or a Kubernetes cluster"
     )
     builder_docker_host: str = Field(
-        "unix:///var/run/docker.sock", description="Docker engine that builds, pushes and verifies images"
+        "unix:///var/run/docker.sock",
+        description="Docker engine that builds, pushes and verifies images (unix://, ssh://, or tcp:// on loopback)",
     )
     registry: ImageRegistry
     database: PostgresDatabase
@@ -187,9 +204,24 @@ class StagingEnvironment(Block):
     rollout_timeout_s: float = Field(300, gt=0, le=3600, description="Deadline for a rollout or an undo")
     health_timeout_s: float = Field(60, gt=0, le=3600, description="Deadline for the health gate")
 
-    _validate_urls = field_validator("api_url", "api_http_url", "prometheus_url")(check_plain_url)
-    _validate_text = field_validator("app_repo", "ca_bundle", "smoke_user")(check_text)
+    # https:// off loopback; api_http_url is the plain port that must redirect, so plain http.
+    _validate_tls_urls = field_validator("api_url", "prometheus_url")(check_tls_url)
+    _validate_urls = field_validator("api_http_url")(check_plain_url)
+    _validate_repo = field_validator("app_repo")(check_repo_url)
+    _validate_text = field_validator("ca_bundle", "smoke_user")(check_text)
     _validate_docker_host = field_validator("builder_docker_host")(check_docker_host)
+
+    @field_validator("builder_docker_host")
+    @classmethod
+    def _builder_engine_not_in_the_clear(cls, value: str) -> str:
+        # The build engine takes no TLS client certificates (the build opens it by address alone).
+        if docker_engine_is_remote_tcp(value):
+            raise ValueError(
+                f"{value} is a tcp:// engine off loopback, which would be driven without TLS; "
+                "use ssh://, a unix socket or a loopback engine"
+            )
+        return value
+
     _validate_env_names = field_validator("app_settings")(check_env_names)
     _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
@@ -215,11 +247,6 @@ class StagingEnvironment(Block):
             return ssl.create_default_context(cafile=str(Path(self.ca_bundle).expanduser()))
         return ssl.create_default_context()
 
-    def builder_target(self) -> DockerTarget:
-        """The build engine as a deploy target, for one-offs that must not touch the real target
-        (a dry run's ``migrate status``): it writes no Secret and starts no replica there."""
-        return DockerTarget(docker_host=self.builder_docker_host)
-
     def app_environment(self) -> dict[str, str]:
         """Everything the app's processes get as environment (holds secrets: never log it)."""
         env = dict(self.app_settings)
@@ -237,4 +264,6 @@ class StagingEnvironment(Block):
             values.append(self.registry.password.get_secret_value())
         if self.slack:
             values.append(self.slack.bot_token.get_secret_value())
+        if self.app_repo_token:
+            values.append(self.app_repo_token.get_secret_value())
         return [v for v in values if v]

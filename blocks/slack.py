@@ -8,7 +8,7 @@ from prefect.blocks.core import Block
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from slack_sdk import WebClient
 
-from blocks.validation import check_plain_url, reject_unknown_fields
+from blocks.validation import check_tls_url, reject_unknown_fields
 
 
 class SlackChannel(Block):
@@ -27,7 +27,7 @@ class SlackChannel(Block):
         3.0, gt=0, le=30, description="Per-call timeout: a slow Slack must never slow a deploy down much"
     )
 
-    _validate_api_url = field_validator("api_url")(check_plain_url)
+    _validate_api_url = field_validator("api_url")(check_tls_url)  # the bot token travels on it
     _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
 
     @field_validator("channel")

@@ -8,8 +8,11 @@ always applied with fullmatch: re's '$' also matches before a trailing newline.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, TypeAdapter, ValidationError
+
+from tasks.core.net import is_loopback_host
 
 MAX_INPUT_LENGTH = 200
 
@@ -87,6 +90,32 @@ def check_plain_url(url):
     return url
 
 
+def check_tls_url(url):
+    """``check_plain_url``, and ``https://`` unless the host is loopback: off this machine the
+    traffic (tokens, queries, sessions) would cross the network in the clear."""
+    url = check_plain_url(url)
+    if url is not None and url.scheme != "https" and not is_loopback_host(url.host):
+        raise ValueError(f"must be https:// for {url.host} (plain http:// is only allowed on loopback)")
+    return url
+
+
+def check_repo_url(value: str) -> str:
+    """A git repository: a path, ``git@host:path``, ``ssh://``, ``https://`` (or ``http://``/``git://`` on
+    loopback), never with a password or token in it: the URL is logged and shown in errors."""
+    check_text(value)
+    if "://" not in value:
+        return value  # a path, or scp-like user@host:path (a user name is no secret)
+    parts = urlsplit(value)
+    if parts.password is not None or (parts.username and parts.scheme in ("http", "https")):
+        raise ValueError(
+            "must not embed credentials (https://user:token@...): they would be logged; "
+            "put a token in app_repo_token (a secret field)"
+        )
+    if parts.scheme in ("http", "git") and not is_loopback_host(parts.hostname):
+        raise ValueError(f"must be https:// or ssh:// for {parts.hostname} ({parts.scheme}:// is not encrypted)")
+    return value
+
+
 def check_url_text(value: str | None) -> str | None:
     """A URL kept as text: http(s), a well-formed host, no credentials in it."""
     if value:
@@ -116,7 +145,33 @@ def check_env_names(value: dict) -> dict:
 def check_docker_host(value: str) -> str:
     if not DOCKER_HOST.fullmatch(value):
         raise ValueError(f"{value!r} is not a Docker engine address (unix://, tcp://, ssh:// or npipe://)")
+    if value.startswith("tcp://") and urlsplit(value).hostname is None:
+        raise ValueError(f"{value!r} names no host (tcp://HOST:PORT)")
     return value
+
+
+def docker_engine_is_remote_tcp(docker_host: str) -> bool:
+    """A ``tcp://`` engine off loopback: its API (root on that machine) crosses the network."""
+    return docker_host.startswith("tcp://") and not is_loopback_host(urlsplit(docker_host).hostname)
+
+
+def check_docker_tls(
+    docker_host: str, ca_cert: str | None, client_cert: str | None, client_key: str | None, prefix: str = ""
+) -> None:
+    """A ``tcp://`` engine off loopback needs TLS with client certificates (all three files);
+    the files are for ``tcp://`` only, and come all together or not at all."""
+    names = [f"{prefix}tls_ca_cert", f"{prefix}tls_client_cert", f"{prefix}tls_client_key"]
+    given = [bool(v) for v in (ca_cert, client_cert, client_key)]
+    if any(given) and not docker_host.startswith("tcp://"):
+        raise ValueError(f"{', '.join(names)}: TLS client certificates are for a tcp:// engine, not {docker_host}")
+    if any(given) and not all(given):
+        missing = [n for n, g in zip(names, given, strict=True) if not g]
+        raise ValueError(f"{', '.join(missing)}: set all of {', '.join(names)} or none")
+    if not all(given) and docker_engine_is_remote_tcp(docker_host):
+        raise ValueError(
+            f"{prefix}docker_host: a tcp:// engine off loopback ({docker_host}) needs TLS client certificates: "
+            f"set {', '.join(names)}"
+        )
 
 
 def check_host_port(value: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from functools import partial
 
 from prefect import flow
 from prefect.context import get_run_context
@@ -12,7 +11,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Cancelled, Completed, Failed, State
 
 from flows import parameters as p
-from flows.rollback import rollback
+from flows.rollback import bound_rollback
 from tasks.core.models import CheckResult, Verdict
 from tasks.core.stages import Effect, Stage
 from tasks.database.backup import backup_database
@@ -28,11 +27,16 @@ from tasks.gates.preflight import run_preflight
 from tasks.gates.smoke.suite import run_smoke_suite
 from tasks.notify import RunNotifier, flow_run_url
 from tasks.release.build import build_release
+from tasks.release.cancellation import keep_cancelled_message, resume_for_rollback
 from tasks.release.deploy import deploy_release, plan_dry_run, record_current_revision, run_migrations
+from tasks.release.identity import deploy_identity
 from tasks.release.journal import Checkpoint, RunJournal, new_workspace
 from tasks.release.lock import DeployLocked, deploy_lock
 from tasks.release.recovery import recover_abandoned_run
+from tasks.release.run_secrets import protect_run
+from tasks.release.snapshot import take_snapshot
 from tasks.release.timings import publish_stage_timings
+from tasks.release.watch import ReleaseWatch
 from tasks.runner import StageRunner, Step
 from tasks.signoff.approval import publish_signoff_document, sign_off_release, signoff_required
 
@@ -69,19 +73,23 @@ def staging_deploy(
         allow_migrations: Contract or dangerous migrations this run may apply, by file name without .up.sql (e.g. 004_purge_load_test_events); the build refuses any other.
     """  # noqa: E501 (the UI shows each Args line as its field's help)
     env = p.load_environment(environment)
+    protect_run(env)  # from here on, every log line, artifact, message and Slack text is redacted
     run, app_env, needs_signoff = get_run_context().flow_run, env.app_environment(), signoff_required(env, skip_signoff)
     title, run_url = f"Staging deploy of {version or git_ref} to {environment}", flow_run_url(str(run.id))
     notifier = RunNotifier(env.slack, title, run_url, get_run_logger(), list(Stage))
-    undo = partial(rollback, environment, restore_policy=restore_policy)
-    runner = StageRunner(notifier, RunJournal(environment, str(run.id), run.name, env.database), undo, (DeployLocked,))
+    frozen = take_snapshot(environment, env)  # the rollback and recovery use this, never the block as edited later
+    undo = bound_rollback(environment, restore_policy, frozen, build=lambda: getattr(runner.results, "build", None))
+    journal = RunJournal(environment, str(run.id), run.name, env.database, config=frozen, identity=deploy_identity(env))
+    runner = StageRunner(notifier, journal, undo, (DeployLocked,), on_cancel=resume_for_rollback)
     load = (load_profiles or env.load_profiles, load_duration_s, sustained_duration_s)
     r, held = runner.results, ExitStack()  # held: the deploy locks and the build workspace, until the run ends
 
     def preflight():
-        waited = held.enter_context(deploy_lock(environment, env.database.identity(), wait=on_collision == "wait"))
+        lock = held.enter_context(deploy_lock(deploy_identity(env), wait=on_collision == "wait"))
+        runner.fence = lock.check  # before each stage that changes something: is the lock still ours?
         r.recovered = recover_abandoned_run(runner.journal, notifier, undo)  # a run that died holding the lock
-        lock = CheckResult(name="deploy lock", verdict=Verdict.PASS, detail=f"taken after {waited:.1f} s")
-        return run_preflight(env, environment, git_ref, extra_checks=[lock, *check_database(env.database).checks])
+        taken = CheckResult(name="deploy lock", verdict=Verdict.PASS, detail=f"taken after {lock.waited_s:.1f} s")
+        return run_preflight(env, environment, git_ref, extra_checks=[taken, *check_database(env.database).checks])
 
     def build():
         workspace = held.enter_context(new_workspace(str(run.id)))
@@ -89,7 +97,7 @@ def staging_deploy(
         release = build_release(env.app_repo, git_ref, version, env.registry, builder, workspace, env.database, allowed)
         r.target = env.target.with_checkout(release.source_dir)
         if dry_run:  # only show what a deploy would change
-            r.plan = plan_dry_run(r.target, env.builder_target(), release.digest, release.version, app_env)
+            r.plan = plan_dry_run(r.target, release.digest, release.version, app_env, release.migrations)
         return release
 
     def backup():  # where a rollback goes back to: the revision serving now (read first), the database as it is
@@ -106,6 +114,9 @@ def staging_deploy(
     def deploy():
         rollout = deploy_release(r.target, r.build.digest, r.build.version, app_env, env.rollout_timeout_s)
         r.deployed_at = datetime.now(UTC)
+        # Watched from now until the run ends (held stops it): checked before every later stage.
+        r.watch = held.enter_context(ReleaseWatch(r.target, len(rollout.replicas), logger=get_run_logger()))
+        runner.guards.append(r.watch.check)
         return rollout
 
     def health():
@@ -118,7 +129,7 @@ def staging_deploy(
 
     def sign_off():
         gates, timeout_s = [r.health, r.smoke, r.metrics[0]], signoff_timeout_h * 3600
-        return sign_off_release(env, r.build, gates, r.load, timeout_s, notifier)
+        return sign_off_release(env, r.build, gates, r.load, timeout_s, notifier, guard=r.watch.check)
 
     steps = [  # stage, what it changes, its step; a step that returns reports is a gate
         Step(Stage.PREFLIGHT, Effect.NOTHING, preflight),
@@ -137,6 +148,9 @@ def staging_deploy(
             if ended.skipped:
                 return Cancelled(message=f"{ended.message} (on_collision=cancel)")
             publish_stage_timings(runner.timings)
+            if ended.cancelled:  # said by the run itself, kept over the worker's generic message
+                keep_cancelled_message(ended.message)
+                return Cancelled(message=ended.message)
             return Failed(message=ended.message)
         if dry_run:
             runner.succeed(f"🔍 dry run of {r.build.version}: nothing was changed")

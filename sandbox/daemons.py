@@ -363,6 +363,49 @@ def _pg_exporter_env() -> dict[str, str]:
     }
 
 
+# Concurrency leases (the deploy locks, the deployments' own concurrency slots) kept in the
+# sandbox's Redis, not in the server's memory, so a server restart keeps every slot's holder
+# (tasks/release/lock.py). Database 1: the app uses 0, the benchmarks 15. The repossessor frees a
+# dead holder's slots this often after its lease expires (Prefect's default is 15 s).
+PREFECT_REDIS_DB = 1
+PREFECT_LEASE_ENV = {
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+    "PREFECT_REDIS_MESSAGING_HOST": config.HOST,
+    "PREFECT_REDIS_MESSAGING_PORT": str(config.REDIS_PORT),
+    "PREFECT_REDIS_MESSAGING_DB": str(PREFECT_REDIS_DB),
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
+}
+
+
+def _prefect_server_env() -> dict[str, str]:
+    return {
+        **config.PREFECT_ENV,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": config.prefect_database_url(),
+        **PREFECT_LEASE_ENV,
+    }
+
+
+def _prefect_server_lease_env_stale() -> bool:
+    """True when our running server was started without these lease settings (an older sandbox):
+    `sandbox up` then restarts it once, as it reloads any other changed config."""
+    pid = PREFECT_SERVER.running()
+    if pid is None:
+        return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    have = {k.decode(): v.decode() for k, _, v in (item.partition(b"=") for item in environ)}
+    return any(have.get(key) != value for key, value in PREFECT_LEASE_ENV.items())
+
+
+def _restart_prefect_server() -> None:
+    PREFECT_SERVER.stop()
+    PREFECT_SERVER._spawn()
+    if not procs.wait_for(PREFECT_SERVER.healthy, PREFECT_SERVER.start_timeout, interval=0.25):
+        raise SandboxError(f"prefect-server is not healthy after a restart; log {procs.log_file(PREFECT_SERVER.name)}")
+
+
 H = config.HOST
 REDIS = Daemon(
     "redis",
@@ -495,7 +538,9 @@ PREFECT_SERVER = Daemon(
     (config.PREFECT_PORT,),
     lambda: [sys.executable, "-m", "prefect", "server", "start", "--host", H, "--port", str(config.PREFECT_PORT)],
     lambda: http_check(f"{config.PREFECT_API_URL}/health", contains="true"),
-    env=lambda: {**config.PREFECT_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": config.prefect_database_url()},
+    prepare=_prefect_server_lease_env_stale,
+    refresh=_restart_prefect_server,
+    env=_prefect_server_env,
     cwd=config.REPO_ROOT,
     start_timeout=120,
 )

@@ -9,7 +9,8 @@
 #   v3.2.1-<name>        one commit each on branch release/v3.2.1-<name>, off v3.2.0,
 #                        made by applying releases/v3.2.1-<name>.patch
 #                        (crash, unhealthy, slow, erroring, badmigration, brokensmoke,
-#                        sluggish, purge, rename)
+#                        sluggish, purge, rename, corsprefix, banner, sqlfilter,
+#                        opencookie)
 #   v3.3.0               a good release after v3.2.0 (an expand-only migration), on
 #                        branch release/v3.3.0 off v3.2.0, from releases/v3.3.0.patch
 #
@@ -34,7 +35,7 @@ fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SRC=$HERE/architect-api
 REL=$HERE/releases
-BAD=(crash unhealthy slow erroring badmigration brokensmoke sluggish purge rename)
+BAD=(crash unhealthy slow erroring badmigration brokensmoke sluggish purge rename corsprefix banner sqlfilter opencookie leaky)
 NEXT=(v3.3.0)  # good releases after v3.2.0, each on its own branch off it
 TAGS=(v3.1.0 v3.2.0)
 for n in "${BAD[@]}"; do TAGS+=("v3.2.1-$n"); done
@@ -146,12 +147,17 @@ declare -A SUBJECT=(
     [sluggish]="api: feature flags for every API request"
     [purge]="events: purge the load gate's synthetic events (004)"
     [rename]="errors: rename stack to stack_trace (004)"
+    [corsprefix]="cors: accept the dashboard on any port or deep link"
+    [banner]="api: name the build that answered in X-Powered-By"
+    [sqlfilter]="events: filter by a list of severities"
+    [opencookie]="auth: the dashboard's websocket reads the session cookie"
+    [leaky]="serve: log the effective configuration at start"
 )
 for n in "${BAD[@]}"; do
     minute=$((minute + 5))
     g checkout -q -b "release/v3.2.1-$n" v3.2.0
     apply_patch "$REL/v3.2.1-$n.patch"
-    release "$(printf '2024-02-16T10:%02d:00+00:00' "$minute")" "v3.2.1-$n" "Release 3.2.1-$n: ${SUBJECT[$n]}"
+    release "$(printf '2024-02-16T%02d:%02d:00+00:00' $((10 + minute / 60)) $((minute % 60)))" "v3.2.1-$n" "Release 3.2.1-$n: ${SUBJECT[$n]}"
 done
 
 # 4. Good releases after v3.2.0, each on its own branch off it.

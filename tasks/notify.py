@@ -16,8 +16,18 @@ from prefect.settings import PREFECT_UI_URL
 from pydantic import BaseModel
 
 from blocks.slack import SlackChannel
+from tasks.core.escaping import for_slack_once
+from tasks.core.redaction import redact
 
-ICONS = {"pending": "⚪", "running": "🔄", "passed": "✅", "failed": "❌", "skipped": "➖", "waiting": "⏸️"}
+ICONS = {
+    "pending": "⚪",
+    "running": "🔄",
+    "passed": "✅",
+    "failed": "❌",
+    "skipped": "➖",
+    "waiting": "⏸️",
+    "cancelled": "🛑",
+}
 
 
 def flow_run_url(flow_run_id: str | None) -> str | None:
@@ -116,9 +126,9 @@ class RunNotifier:
 
     def render(self) -> str:
         with self._lock:
-            lines = [f"*{self.title}* — {self.outcome}"]
+            lines = [f"*{self._slack_text(self.title)}* — {self._slack_text(self.outcome)}"]
             for stage in self._stages.values():
-                suffix = f": {stage.detail}" if stage.detail else ""
+                suffix = f": {self._slack_text(stage.detail)}" if stage.detail else ""
                 lines.append(f"{ICONS.get(stage.status, '•')} {stage.name}{suffix}")
         if self.run_url:
             lines.append(f"<{self.run_url}|Open the run in Prefect>")
@@ -136,9 +146,14 @@ class RunNotifier:
 
     # -- the background sender -----------------------------------------------------------
 
+    def _slack_text(self, text: str) -> str:
+        """The one escaping point: every text this notifier sends (failure reasons, a lead's notes,
+        tool output) is redacted and escaped for mrkdwn; only the run's own link stays a link."""
+        return for_slack_once(redact(text), keep_links=(self.run_url or "",))
+
     def _enqueue(self, kind: str, text: str, message: SlackMessage | None = None) -> None:
         if self.slack is not None:
-            self._queue.put((kind, text, message))
+            self._queue.put((kind, self._slack_text(text), message))
 
     def _drain(self) -> None:
         while True:

@@ -37,6 +37,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from tests.support.argv_recorder import ArgvRecorder  # noqa: E402
 from tests.support.deploys import ensure_database_at_schema_2, ensure_good_release  # noqa: E402
 from tests.support.faults import BrokenServices  # noqa: E402
+from tests.support.first_deploy import fresh_docker_environment, throwaway_database  # noqa: E402, F401 (fixtures)
 from tests.support.marker_rule import SANDBOX_FIXTURE, check_kinds  # noqa: E402
 from tests.support.secret_search import command_lines, find_leaks, secret_values  # noqa: E402
 

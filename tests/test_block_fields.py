@@ -736,3 +736,133 @@ def test_a_docker_target_without_its_slug_is_not_read_as_kubernetes():
         StagingEnvironment.model_validate({**fields_of(ENV), "target": target})
     messages = " ".join(str(e["loc"]) + e["msg"] for e in caught.value.errors())
     assert "replicas" in messages and "unknown field(s)" in messages, messages
+
+
+# -- TLS by default: off loopback nothing travels in the clear (issue 16) ----------------------
+
+remote_hosts = st.one_of(
+    st.ip_addresses(v=4).map(str).filter(lambda h: not h.startswith("127.")),
+    hosts.map(lambda h: h + ".example"),
+)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("cls", "field"),
+    [(StagingEnvironment, "api_url"), (StagingEnvironment, "prometheus_url"), (SlackChannel, "api_url")],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+@given(host=remote_hosts)
+def test_plain_http_off_loopback_is_refused_naming_the_field(cls, field, host):
+    errors = refused(cls, field, f"http://{host}:9090/")
+    assert any("https://" in e["msg"] for e in errors)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("cls", "field"),
+    [(StagingEnvironment, "api_url"), (StagingEnvironment, "prometheus_url"), (SlackChannel, "api_url")],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.3.2.1"])
+def test_plain_http_on_loopback_stays_usable_for_the_sandbox(cls, field, host):
+    data = {**fields_of(BASELINES[cls]), field: f"http://{host}:9090/"}
+    assert cls.model_validate(data) is not None
+
+
+@pytest.mark.unit
+def test_https_off_loopback_is_accepted():
+    for cls, field in (
+        (StagingEnvironment, "api_url"),
+        (StagingEnvironment, "prometheus_url"),
+        (SlackChannel, "api_url"),
+    ):
+        assert cls.model_validate({**fields_of(BASELINES[cls]), field: "https://ops.example/api/"}) is not None
+
+
+@pytest.mark.unit
+@given(
+    url=st.builds(
+        lambda user, token, host: f"https://{user}:{token}@{host}.example/architect/api.git",
+        hosts,
+        st.text(SAFE, min_size=1, max_size=30),
+        hosts,
+    )
+    | st.sampled_from(
+        [
+            "https://x-access-token:ghp_abc@github.com/org/app.git",
+            "https://oauth2@gitlab.example/org/app.git",
+            "ssh://git:hunter2@git.example/org/app.git",
+        ]
+    )
+)
+def test_app_repo_with_credentials_is_refused_naming_the_field(url):
+    errors = refused(StagingEnvironment, "app_repo", url)
+    assert any("app_repo_token" in e["msg"] for e in errors)  # says where a token goes instead
+    with pytest.raises(ValidationError) as caught:
+        StagingEnvironment.model_validate({**fields_of(ENV), "app_repo": url})
+    secret = url.split("://", 1)[1].split("@", 1)[0]
+    assert secret not in str(caught.value)  # the refusal does not repeat the token
+
+
+@pytest.mark.unit
+@given(host=remote_hosts, scheme=st.sampled_from(["http", "git"]))
+def test_app_repo_in_the_clear_off_loopback_is_refused(host, scheme):
+    refused(StagingEnvironment, "app_repo", f"{scheme}://{host}/org/app.git")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "repo",
+    ["/srv/app", "git@github.com:org/app.git", "ssh://git@git.example/org/app.git", "https://git.example/app.git"],
+)
+def test_app_repo_without_secrets_is_accepted_and_a_token_is_a_secret(repo):
+    env = StagingEnvironment.model_validate({**fields_of(ENV), "app_repo": repo, "app_repo_token": "tok-not-in-url"})
+    assert "tok-not-in-url" in env.secret_values() and "tok-not-in-url" not in env.model_dump_json()
+
+
+@pytest.mark.unit
+@given(host=remote_hosts, mode=st.sampled_from(["disable", "allow", "prefer", "require"]))
+def test_a_database_off_loopback_needs_verify_full(host, mode):
+    for field in ("host", "replica_host"):
+        errors = refused(PostgresDatabase, "sslmode", mode, **{field: host})
+        assert any("verify-full" in e["msg"] for e in errors)
+
+
+@pytest.mark.unit
+def test_verify_ca_needs_its_reason_written_in_the_block():
+    errors = refused(PostgresDatabase, "sslmode_reason", None, host="db.example", sslmode="verify-ca")
+    assert "verify-ca" in errors[0]["msg"]
+    refused(PostgresDatabase, "sslmode_reason", "   ", host="db.example", sslmode="verify-ca")
+    ok = {**fields_of(ENV.database), "host": "db.example", "sslmode": "verify-ca", "sslmode_reason": "VIP cert"}
+    assert PostgresDatabase.model_validate(ok).sslmode == "verify-ca"
+
+
+@pytest.mark.unit
+def test_the_database_default_is_verify_full_off_loopback_and_prefer_on_it():
+    base = {k: v for k, v in fields_of(ENV.database).items() if k != "sslmode"}
+    assert PostgresDatabase.model_validate({**base, "host": "db.example"}).sslmode == "verify-full"
+    assert PostgresDatabase.model_validate({**base, "host": "127.0.0.1"}).sslmode == "prefer"
+    assert ENV.database.sslmode == "disable"  # the sandbox's loopback database stays as it is
+
+
+@pytest.mark.unit
+@given(host=remote_hosts, port=st.integers(1, 65535))
+def test_a_tcp_docker_engine_off_loopback_needs_tls_client_certificates(host, port):
+    errors = refused(DockerTarget, "docker_host", f"tcp://{host}:{port}")
+    assert any("tls_ca_cert" in e["msg"] and "tls_client_key" in e["msg"] for e in errors)
+    refused(StagingEnvironment, "builder_docker_host", f"tcp://{host}:{port}")  # the build engine takes none
+
+
+@pytest.mark.unit
+def test_docker_tls_files_come_all_together_and_only_for_tcp():
+    files = {"tls_ca_cert": "/etc/docker/ca.pem", "tls_client_cert": "/etc/docker/cert.pem"}
+    errors = refused(DockerTarget, "tls_client_key", None, docker_host="tcp://docker.example:2376", **files)
+    assert "tls_client_key" in errors[0]["msg"]
+    refused(DockerTarget, "tls_ca_cert", "/etc/docker/ca.pem", docker_host="unix:///var/run/docker.sock")
+    remote = DockerTarget.model_validate(
+        {**fields_of(ENV.target), "docker_host": "tcp://docker.example:2376", **files, "tls_client_key": "/k.pem"}
+    )
+    assert remote.tls_files() == ("/etc/docker/ca.pem", "/etc/docker/cert.pem", "/k.pem")
+    loopback = DockerTarget.model_validate({**fields_of(ENV.target), "docker_host": "tcp://127.0.0.1:2375"})
+    assert loopback.tls_files() is None  # loopback stays usable without certificates

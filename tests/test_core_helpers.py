@@ -118,7 +118,7 @@ def test_in_task_run_only_inside_a_task_run():
 
 def test_a_gate_table_is_made_only_inside_a_task_run(monkeypatch):
     made: list[dict] = []
-    monkeypatch.setattr(evidence, "create_table_artifact", lambda **kwargs: made.append(kwargs))
+    monkeypatch.setattr(evidence, "table_artifact", lambda **kwargs: made.append(kwargs))
     report = GateReport(stage="health", checks=[CheckResult(name="replica", verdict=Verdict.PASS, detail="ok")])
     columns = lambda c: c.model_dump(include={"name", "verdict"})  # noqa: E731
     evidence.publish_table(report, "health-gate", columns)

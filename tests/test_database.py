@@ -211,7 +211,7 @@ def test_backup_mutate_restore_is_exact_and_keeps_the_password_secret(database, 
     backup, run_id = in_flow(lambda: db.backup_database(database, run_label="test"))
     assert backup.schema_version == 2 and backup.tables["public.events"].rows == 500
     assert {f"{k}": f"{m.rows}:{m.checksum}" for k, m in backup.tables.items()} == before
-    dump = Path(database.backup_storage.basepath) / backup.dump_file
+    dump = Path(database.backup_storage.basepath) / database.backup_namespace() / backup.dump_file
     assert dump.stat().st_size == backup.size_bytes > 0
     assert (dump.parent / backup.manifest_file).exists() and not list(dump.parent.glob("*.partial"))
 
@@ -283,7 +283,7 @@ def test_a_restore_that_fails_changes_nothing(database):
     backup, _ = in_flow(lambda: db.backup_database(database))
     mutate(database)
     changed = pg_manifest.table_checksums(database)
-    Path(database.backup_storage.basepath, backup.dump_file).write_bytes(b"PGDMP not really a dump")
+    database.backups().local_path(backup.dump_file).write_bytes(b"PGDMP not really a dump")
     with pytest.raises(PermanentError):
         in_flow(lambda: restore.restore_database(database, backup))
     assert pg_manifest.table_checksums(database) == changed
@@ -296,6 +296,9 @@ def _fake_backup(directory: Path, ts: int, complete: bool = True) -> None:
 
 
 def test_pruning_removes_old_backups_but_keeps_the_newest_and_this_one(database):
+    """Backups of the flat layout of earlier releases are pruned by the rules of a namespace:
+    older than the retention, except the newest complete one; this run's is in its database's
+    namespace (more retention cases: tests/test_backup_retention.py)."""
     directory = Path(database.backup_storage.basepath)
     directory.mkdir(parents=True)
     now = int(time.time())
@@ -306,20 +309,18 @@ def test_pruning_removes_old_backups_but_keeps_the_newest_and_this_one(database)
     (directory / "notes.txt").write_text("not ours")
     backup, _ = in_flow(lambda: db.backup_database(database))
     assert sorted(backup.pruned) == sorted(f"pre-deployment-{now - h * 3600}" for h in (72, 50, 30, 25))
-    left = sorted(p.name for p in directory.iterdir())
+    left = sorted(p.name for p in directory.iterdir() if p.is_file())
     assert left == sorted(
-        [
-            "notes.txt",
-            backup.dump_file,
-            backup.manifest_file,
-            f"pre-deployment-{now - 7200}.dump",
-            f"pre-deployment-{now - 7200}.manifest.json",
-        ]
+        ["notes.txt", f"pre-deployment-{now - 7200}.dump", f"pre-deployment-{now - 7200}.manifest.json"]
     )
-    # When every backup is past the retention, the newest one still stays.
+    namespace = directory / database.backup_namespace()
+    assert sorted(p.name for p in namespace.iterdir()) == sorted([backup.dump_file, backup.manifest_file])
+    # When every backup is past the retention, the newest one (of the namespace, and of the flat layout) still stays.
     database.retention_hours = 1
-    assert backup_storage.prune_backups(database, keep=set()) == [f"pre-deployment-{now - 7200}"]
-    assert backup_storage.prune_backups(database) == [] and (directory / backup.dump_file).exists()
+    _fake_backup(namespace, now - 3 * 3600)
+    assert backup_storage.prune_backups(database, keep=set()) == [f"pre-deployment-{now - 3 * 3600}"]
+    assert backup_storage.prune_backups(database) == [] and (namespace / backup.dump_file).exists()
+    assert (directory / f"pre-deployment-{now - 7200}.dump").exists()
 
 
 def test_check_database_passes_on_the_healthy_sandbox(database):
@@ -373,7 +374,7 @@ def test_verify_schema_and_data_integrity(database):
     assert "data-integrity" in artifacts_text(run_id)
     pending, _ = in_flow(lambda: integrity.check_data_integrity(database, backup, expected_version=3))
     assert [c.name for c in pending.failures] == ["migrations complete"]
-    Path(database.backup_storage.basepath, backup.dump_file).write_bytes(b"garbage")
+    database.backups().local_path(backup.dump_file).write_bytes(b"garbage")
     broken, _ = in_flow(lambda: integrity.check_data_integrity(database, backup, expected_version=2))
     assert [c.name for c in broken.failures] == ["backups succeeding"]
 
@@ -385,7 +386,7 @@ def test_remote_storage_streams_through_fsspec(scratch_db, password, watched):
     before = pg_manifest.table_checksums(database)
     backup, _ = in_flow(lambda: db.backup_database(database))
     fs = database.backup_storage.filesystem
-    assert fs.size(database.backup_storage._resolve_path(backup.dump_file)) == backup.size_bytes
+    assert fs.size(database.backups()._remote(backup.dump_file)) == backup.size_bytes
     report, _ = in_flow(lambda: integrity.check_data_integrity(database, backup, expected_version=2))
     assert report.verdict == Verdict.PASS, report.summary()
     mutate(database)

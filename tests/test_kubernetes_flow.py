@@ -15,9 +15,10 @@ Kubernetes rollout is undone. So a good release can NOT complete here, by constr
 good-release run below ends "health failed", and what is checked is what happened on the cluster.
 
 Shown through the whole flow (flow -> tasks -> KubernetesTarget -> HTTP -> emulator):
-- a good release becomes revision 1; a second build of it revision 2, which the failed health
-  gate undoes to revision 1's template (revision 3, as ``kubectl rollout undo`` numbers it);
-  the first run has nothing to go back to and says so;
+- a good release becomes revision 1; it has nothing to go back to, so the failed health gate
+  removes it (the Deployment scaled to zero, its Service deleted); over a live revision 2 a
+  second build becomes revision 3, which the failed health gate undoes to revision 2's template
+  (revision 4, as ``kubectl rollout undo`` numbers it);
 - the migrate stage runs ``migrate --direction up`` as a Job from the new, digest-pinned image;
 - a crash-looping release (reason CrashLoopBackOff, before the deadline) and a stuck one (the
   rollout deadline) fail the deploy stage and are undone to the previous revision, after which
@@ -27,10 +28,18 @@ Shown through the whole flow (flow -> tasks -> KubernetesTarget -> HTTP -> emula
 - the dry run changes no object (not even the Secret, with a changed environment) and leaves
   its dry-run-diff artifact; pending migrations are listed by the new image on the build engine.
 
-Only at the target level (tests/test_kubernetes_target.py): image-pull failures, rollback to a
-named revision, the secret never logged, the plan's diff lines, kubectl's rollout status, the
-progress-deadline condition itself (the app's manifest says 120 s, more than this module's 25 s
-rollout deadline, so here the target's own deadline catches the stuck release).
+- the worker (and its flow run) killed mid-deploy of a release that adds a ConfigMap and changes
+  the Ingress: the next run finds the journal and rolls every object back from the undo record
+  the dead deploy left in the cluster (the ConfigMap deleted, the Ingress as before, the pod
+  template undone). That run then fails its preflight, as the dead api_url makes the rollback's
+  health check fail ("NOT healthy"): what is checked is the cluster.
+
+Only at the target level (tests/test_kubernetes_target.py, tests/test_kubernetes_undo.py):
+image-pull failures, rollback to a named revision, the secret never logged, the plan's diff
+lines, kubectl's rollout status, the progress-deadline condition itself (the app's manifest says
+120 s, more than this module's 25 s rollout deadline, so here the target's own deadline catches
+the stuck release); the undo of each object, the manifest Secret refused, remove_release,
+replica_states.
 
 Not shown anywhere against the emulator: that the pods serve (health, smoke, load, metrics
 against Kubernetes pods), real probes, RBAC, admission, scheduling; a migration Job never
@@ -55,6 +64,7 @@ import pytest
 from pydantic import AnyHttpUrl
 
 from blocks.kubernetes.target import KubernetesTarget
+from tasks.core.models import RolloutResult
 from tasks.database.manifest import table_checksums
 from tests.k8s_emulator import Emulator, running_emulator, testing
 from tests.support.app_state import schema_version
@@ -112,7 +122,7 @@ def saved_copy(base, **changes) -> Iterator[str]:
 
 
 @contextmanager
-def emulated_cluster(sandbox_env, tmp) -> Iterator[K8sFlowEnv]:
+def emulated_cluster(sandbox_env, tmp, **changes) -> Iterator[K8sFlowEnv]:
     """A fresh emulator, and a saved copy of the sandbox environment whose target is it (deleted after)."""
     with running_emulator() as (url, emulator):
         target = KubernetesTarget(host=url, namespace=NAMESPACE, poll_interval_s=0.5)
@@ -124,6 +134,7 @@ def emulated_cluster(sandbox_env, tmp) -> Iterator[K8sFlowEnv]:
             api_http_url=None,
             rollout_timeout_s=ROLLOUT_TIMEOUT_S,
             health_timeout_s=2.0,
+            **changes,
         ) as name:
             yield K8sFlowEnv(name, emulator, target, cluster, sandbox_env.database)
 
@@ -156,11 +167,20 @@ def run(env: K8sFlowEnv, git_ref: str, version: str, **parameters):
     return deploy(git_ref, version, **parameters)
 
 
+def make_live_revision(env: K8sFlowEnv) -> RolloutResult:
+    """A revision serving, applied straight from a checkout of the app's manifests: through the
+    flow a first release fails its health gate (the dead api_url) and is removed."""
+    checkout = testing.app_repo(env.cluster.kubeconfig.parent / f"live-{uuid.uuid4().hex[:6]}")
+    _, version = good_release(env.database)
+    live = env.target.with_checkout(checkout).deploy(testing.IMAGES["v1"], version, {"ENV": "staging"}, 30)
+    assert live.complete, live.reason
+    return live
+
+
 def ensure_live_revision(env: K8sFlowEnv) -> None:
     """A good revision running: made here unless an earlier test of the module left one."""
     if env.target.current_revision() is None:
-        state = run(env, *good_release(env.database))
-        assert state.is_failed() and "no earlier revision" in state.message, state.message
+        make_live_revision(env)
     assert env.target.current_revision() is not None
 
 
@@ -169,7 +189,7 @@ def pinned(version: str) -> str:
     return f"127.0.0.1:55000/architect-api:{version}@sha256:"
 
 
-def test_good_release_rolls_out_as_revision_1_then_2_and_the_failed_health_gate_undoes_it(empty_k8s_env):
+def test_a_first_release_is_removed_and_a_later_one_undone_to_the_live_revision(empty_k8s_env):
     k8s_env = empty_k8s_env
     assert k8s_env.revisions() == [], "this test starts from an empty namespace"
     tag, version = good_release(k8s_env.database)
@@ -177,25 +197,30 @@ def test_good_release_rolls_out_as_revision_1_then_2_and_the_failed_health_gate_
     first = run(k8s_env, tag, version)
     assert first.is_failed()
     assert first.message.startswith("health failed:") and "ConnectError" in first.message, first.message
-    assert "no earlier revision to roll back to" in first.message
+    assert "no earlier release: removed the release (3 replicas), nothing left serving" in first.message
     [(number, image_a)] = k8s_env.revisions()
     assert number == 1 and image_a.startswith(pinned(version))
-    assert k8s_env.deployment()["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+    assert k8s_env.deployment()["spec"]["replicas"] == 0 and k8s_env.target.current_revision() is None
+    assert k8s_env.target.replica_states() == []
+    assert f"Service/{NAMESPACE}/architect-api" not in k8s_env.emulator.dump(), "the release's Service was left"
     # The migration ran as a Job from exactly the image that was then rolled out.
     migrate = [j for j in k8s_env.emulator.job_runs() if j["args"] == ["migrate", "--direction", "up"]]
     assert [(j["image"], j["outcome"]) for j in migrate] == [(image_a, "Complete")]
 
+    live = make_live_revision(k8s_env)
+    assert live.revision.number == 2
     second = run(k8s_env, tag, version)
     assert second.is_failed()
     assert second.message.startswith("health failed:"), second.message
-    assert f"rolled back to revision 1 ({version})" in second.message
-    (rev2, image_b), (rev3, image_c) = k8s_env.revisions()
-    # A new build is a new digest, so revision 2; the undo brings revision 1's template back as 3.
-    assert (rev2, rev3) == (2, 3)
+    assert f"rolled back to revision 2 ({version})" in second.message
+    (rev1, _), (rev3, image_b), (rev4, image_c) = k8s_env.revisions()
+    # A new build is a new digest, so revision 3; the undo brings revision 2's template back as 4.
+    assert (rev1, rev3, rev4) == (1, 3, 4)
     assert image_b.startswith(pinned(version)) and image_b != image_a
-    assert image_c == image_a == k8s_env.target.current_revision().image
-    assert k8s_env.kubectl_revisions() == [2, 3]
-    assert testing.kubectl_revision_image(k8s_env.cluster, NAMESPACE, 3) == image_a
+    assert image_c == testing.IMAGES["v1"] == k8s_env.target.current_revision().image
+    assert k8s_env.deployment()["spec"]["replicas"] == 3
+    assert k8s_env.kubectl_revisions() == [1, 3, 4]
+    assert testing.kubectl_revision_image(k8s_env.cluster, NAMESPACE, 4) == testing.IMAGES["v1"]
 
 
 def test_crash_looping_release_is_detected_and_undone(k8s_env):
@@ -304,3 +329,109 @@ def test_dry_run_with_a_changed_environment_leaves_the_live_secret_alone(k8s_env
         state = run(k8s_env, tag, version, environment=changed, dry_run=True)
         assert state.is_completed(), state.message
         assert k8s_env.emulator.dump()[secret]["data"] == before
+
+
+def _git(repo, *args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
+def app_repo_with_k8s_release(source: str, base_tag: str, dest) -> str:
+    """A clone of the sandbox's app repo with branch ``k8s-next``: ``base_tag`` plus a ConfigMap and
+    a changed Ingress (the base gets an Ingress too, in ``k8s-base``). Returns the clone's path."""
+    import yaml
+
+    from tests.support.k8s_releases import CONFIGMAP_V2, INGRESS_V1, ingress_v2
+
+    _git(dest.parent, "clone", "--quiet", source, str(dest))
+    _git(dest, "checkout", "--quiet", "-b", "k8s-base", base_tag)
+    staging = dest / "k8s" / "staging"
+    for branch, files in (
+        ("k8s-base", {"ingress.yaml": INGRESS_V1}),
+        ("k8s-next", {"ingress.yaml": ingress_v2(), "configmap.yaml": CONFIGMAP_V2}),
+    ):
+        if branch == "k8s-next":
+            _git(dest, "checkout", "--quiet", "-b", branch)
+        for name, doc in files.items():
+            (staging / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+        _git(dest, "add", "k8s/staging")
+        _git(dest, "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "--quiet", "-m", branch)
+    return str(dest)
+
+
+def test_worker_killed_mid_deploy_on_kubernetes_is_rolled_back_whole_by_the_next_run(
+    sandbox_env, tmp_path, registered_deployments, broken_service
+):
+    """A release adding a ConfigMap and changing the Ingress is deployed through the worker; the
+    worker and its run are killed once the Deployment has the new template. The next run rolls
+    back every object the dead deploy applied, from the undo record it left in the cluster."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from blocks.kubernetes.manifests import VERSION_ANNOTATION, undo_record_name
+    from tests.support.cancels import kill_worker_and_its_run
+    from tests.support.faults import Trigger
+
+    tag, version = good_release(sandbox_env.database)
+    repo = app_repo_with_k8s_release(sandbox_env.app_repo, tag, tmp_path / "app-repo")
+    with emulated_cluster(sandbox_env, tmp_path, app_repo=repo) as env:
+        # The release before: k8s-base, applied straight from a checkout (a deploy through the flow
+        # would fail its health gate and be undone, see the module docstring).
+        base = tmp_path / "base"
+        _git(tmp_path, "clone", "--quiet", "--branch", "k8s-base", repo, str(base))
+        before = env.target.with_checkout(base).deploy(testing.IMAGES["v1"], version, {"ENV": "staging"}, 30)
+        assert before.complete, before.reason
+        cluster_before = env.emulator.dump()
+        ingress_key = f"Ingress/{NAMESPACE}/architect-api"
+        configmap_key = f"ConfigMap/{NAMESPACE}/architect-features"
+
+        def template_version() -> str:
+            deployment = env.deployment() or {}
+            meta = deployment.get("spec", {}).get("template", {}).get("metadata", {})
+            return (meta.get("annotations") or {}).get(VERSION_ANNOTATION, "")
+
+        new_version = f"{version}-stuck"  # never ready in the emulator: the rollout waits, the kill lands in it
+        dead = run_deployment(
+            "staging-deploy/manual",
+            timeout=0,
+            parameters={"git_ref": "k8s-next", "version": new_version, "skip_signoff": True, "environment": env.name},
+        )
+        dead_id = str(dead.id)
+        polls = iter(range(10**9))
+
+        def dead_run_applied_its_deployment() -> bool:
+            if template_version() == new_version:
+                return True
+            if next(polls) % 20 == 0:  # every 2 s: a run that ended first will never get there
+                with get_client(sync_client=True) as client:
+                    ended = client.read_flow_run(dead_id).state
+                assert not ended.is_final(), f"the run to kill ended first: {ended.type.value}: {ended.message}"
+            return False
+
+        broken_service("prefect-worker")
+        with Trigger(dead_run_applied_its_deployment, lambda: kill_worker_and_its_run(dead_id), poll_s=0.1) as fault:
+            fault.join(600)
+        broken_service.restore_now()
+        fault.assert_fired("the worker's run never applied the new Deployment")
+        half_done = env.emulator.dump()
+        assert configmap_key in half_done, "the dead deploy had applied the ConfigMap"
+        assert half_done[ingress_key]["spec"] != cluster_before[ingress_key]["spec"]
+        assert f"Secret/{NAMESPACE}/{undo_record_name('architect-api')}" in half_done, "no undo record was left"
+
+        state = run(env, "k8s-base", version)
+        print(f"final state: {state.type.value}: {state.message}")
+        assert f"half-finished deploy of {new_version}" in state.message, state.message
+        with get_client(sync_client=True) as client:
+            closed = client.read_flow_run(dead_id).state
+        assert closed.is_crashed() and "found and rolled back by run" in closed.message, (closed.type, closed.message)
+
+        after = env.emulator.dump()
+        assert configmap_key not in after, "the ConfigMap the dead release added is still there"
+        assert after[ingress_key]["spec"] == cluster_before[ingress_key]["spec"]
+        assert after[ingress_key]["metadata"].get("annotations") == cluster_before[ingress_key]["metadata"].get(
+            "annotations"
+        )
+        assert template_version() == version and env.target.current_revision().image == testing.IMAGES["v1"]
+        assert f"Secret/{NAMESPACE}/{undo_record_name('architect-api')}" not in after, "the record was not used up"

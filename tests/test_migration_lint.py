@@ -54,7 +54,7 @@ def release_migrations(patch: str) -> list[SourceMigration]:
         # Its 005 fails at migrate (a missing column): the migrate stage catches it; it removes and renames nothing.
         (
             "v3.2.1-badmigration.patch",
-            {"004_event_tags": MigrationClass.EXPAND, "005_error_fingerprint": MigrationClass.EXPAND},
+            {"004_event_tags": MigrationClass.EXPAND, "005_error_fingerprint": MigrationClass.CONTRACT},
             "tightens-not-null",
         ),
     ],
@@ -115,6 +115,9 @@ def test_the_same_lock_is_dangerous_on_a_large_table():
             "new-table",
         ),
         ("ALTER TABLE events ADD COLUMN note text;", MigrationClass.EXPAND, "adds-column"),
+        # The previous release's inserts leave these columns empty, so they fail: contract.
+        ("ALTER TABLE events ALTER COLUMN payload SET NOT NULL;", MigrationClass.CONTRACT, "tightens-not-null"),
+        ("ALTER TABLE events ADD COLUMN note text NOT NULL;", MigrationClass.CONTRACT, "adds-required-column"),
         ("SELEC 1;", MigrationClass.DANGEROUS, "does-not-parse"),
     ],
 )

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, SecretStr
 
-from tasks.core.escaping import for_markdown, for_slack
+from tasks.core.escaping import for_markdown, for_slack, for_slack_once
 from tasks.core.redaction import MASK, MIN_SECRET_LENGTH, Redactor, secrets_of
 
 pytestmark = pytest.mark.unit
@@ -98,3 +98,28 @@ def test_markdown_cells_never_break_the_row_or_start_a_heading(values):
         line = for_markdown(value)
         assert not line.lstrip().startswith("#")
         assert "<" not in line
+
+
+RUN_URL = "http://127.0.0.1:4200/runs/flow-run/1f2e"
+RUN_LINK = f"<{RUN_URL}|Open the run>"
+
+
+PIECES = st.sampled_from(["<", ">", "&", "|", "!channel", "@U1", "#C1", "https://x", "amp;", "lt;", RUN_LINK])
+
+
+@given(st.lists(PIECES | st.text(), max_size=12).map("".join))
+def test_the_notifiers_escaping_leaves_no_mention_or_link_but_the_runs_own(text):
+    """The notifier's one escaping point (``for_slack_once``): whatever a reason or a note holds,
+    including text a caller escaped already, no ``<`` survives except in the run's own link."""
+    out = for_slack_once(text, keep_links=(RUN_URL,))
+    rest = out.replace(RUN_LINK, "")
+    assert "<" not in rest and ">" not in rest
+    assert not MENTION_OR_LINK.search(rest)
+    assert for_slack_once(out, keep_links=(RUN_URL,)) == out  # escaping again changes nothing
+
+
+@given(st.text())
+def test_escaping_once_reads_like_escaping_plain_text_without_entities(text):
+    if "&amp;" in text or "&lt;" in text or "&gt;" in text:
+        return
+    assert for_slack_once(text) == for_slack(text)

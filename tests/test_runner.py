@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from prefect.exceptions import TerminationSignal
 
-from tasks.core.errors import GateFailed, PermanentError, TemporaryError
+from tasks.core.errors import GateFailed, LockLost, PermanentError, TemporaryError
 from tasks.core.models import CheckResult, GateReport, Revision, Verdict
 from tasks.core.stages import Effect, Stage
 from tasks.database.migrations import MigrationResult
@@ -28,7 +28,7 @@ from tasks.gates.load.gate import LoadReport
 from tasks.release.journal import DeployJournal
 from tasks.release.lock import DeployLocked
 from tasks.release.recovery import recover_abandoned_run
-from tasks.runner import GateVerdict, StageRunner, Step, verdict_failure
+from tasks.runner import Ended, GateVerdict, StageRunner, Step, verdict_failure
 
 pytestmark = pytest.mark.unit
 
@@ -423,52 +423,243 @@ def test_another_deploy_holding_the_lock_skips_the_run():
     assert notifier.outcomes == ["➖ skipped: another deploy to sandbox is running (holds staging-deploy-sandbox)"]
 
 
-# -- a cancel: undone like a failure, then re-raised -------------------------------------------
+# -- a cancel: undone like a failure, the run ends cancelled saying what was undone -----------
+
+CANCELS = [TerminationSignal(15), asyncio.CancelledError(), KeyboardInterrupt()]
+CANCEL_IDS = ["TerminationSignal", "CancelledError", "KeyboardInterrupt"]
 
 
+class Interrupting(FakeRollback):
+    """A rollback cut short by a second cancel (the worker's kill, a second click)."""
+
+    def __call__(self, previous, failed_stage, reason, backup, *, undo_app: bool):
+        super().__call__(previous, failed_stage, reason, backup, undo_app=undo_app)
+        raise TerminationSignal(15)
+
+
+@pytest.mark.parametrize("signal", CANCELS, ids=CANCEL_IDS)
 @pytest.mark.parametrize(
-    "signal",
-    [TerminationSignal(15), asyncio.CancelledError(), KeyboardInterrupt()],
-    ids=["TerminationSignal", "CancelledError", "KeyboardInterrupt"],
+    ("stage", "undo_app", "backup"),
+    # Effect levels: nothing changed yet, the database only, the database and the app.
+    [
+        (Stage.MIGRATE, False, BACKUP),
+        (Stage.DEPLOY, True, BACKUP),
+        (Stage.LOAD, True, BACKUP),
+        (Stage.SIGN_OFF, True, BACKUP),
+    ],
 )
-@pytest.mark.parametrize(("stage", "undo_app"), [(Stage.MIGRATE, False), (Stage.DEPLOY, True), (Stage.SIGN_OFF, True)])
-def test_a_cancel_undoes_what_the_started_stages_changed_then_propagates(signal, stage, undo_app):
+def test_a_cancel_undoes_what_the_started_stages_changed_and_ends_the_run_cancelled(signal, stage, undo_app, backup):
     ran: list[str] = []
+    resumed: list[str] = []
     run, notifier, journal, rollback = runner()
-    with pytest.raises(type(signal)):
-        run.run(table(ran, **{stage.name.lower(): raising(signal)}))
+    run.on_cancel = lambda: resumed.append("running again")
+    ended = run.run(table(ran, **{stage.name.lower(): raising(signal)}))
     reason = f"the run was cancelled ({type(signal).__name__})"
     assert rollback.calls == [
-        {"previous": PREVIOUS, "stage": stage, "reason": reason, "backup": BACKUP, "undo_app": undo_app}
+        {"previous": PREVIOUS, "stage": stage, "reason": reason, "backup": backup, "undo_app": undo_app}
     ]
+    app = "rolled back to revision 7 (3.1.0)" if undo_app else "the app was not changed"
+    said = f"cancelled during {stage}; {app}, healthy; database restored from {BACKUP}"
+    assert ended == Ended(said, cancelled=True)
+    assert resumed == ["running again"], "the run is put back to Running before its rollback's tasks start"
     assert journal.closes == 1
-    assert notifier.status_of(str(stage)) == "failed"
+    assert notifier.status_of(str(stage)) == "cancelled"
     assert notifier.replies[0] == f"🛑 {stage}: {reason}\nRolling back…"
-    assert notifier.outcomes[-1].startswith(f"🛑 cancelled during {stage}; ")
+    assert notifier.outcomes[-1] == f"🛑 {said}"
     assert ran[-1] == str(stage)
 
 
-def test_a_cancel_before_anything_changed_undoes_nothing():
-    run, notifier, _, rollback = runner()
-    with pytest.raises(TerminationSignal):
-        run.run(table(build=raising(TerminationSignal(15))))
-    assert rollback.calls == [] and notifier.outcomes == ["🛑 cancelled during build; nothing was changed"]
+@pytest.mark.parametrize("stage", [Stage.PREFLIGHT, Stage.BUILD, Stage.BACKUP])
+def test_a_cancel_before_anything_changed_undoes_nothing(stage):
+    run, notifier, journal, rollback = runner()
+    resumed: list[str] = []
+    run.on_cancel = lambda: resumed.append("running again")
+    ended = run.run(table(**{stage.name.lower(): raising(TerminationSignal(15))}))
+    assert ended == Ended(f"cancelled during {stage}; nothing was changed", cancelled=True)
+    assert rollback.calls == [] and resumed == [] and journal.entries == []
+    assert notifier.outcomes == [f"🛑 cancelled during {stage}; nothing was changed"]
 
 
-def test_a_cancel_whose_rollback_fails_still_propagates_and_keeps_the_journal():
+def test_a_cancel_whose_rollback_fails_ends_cancelled_and_keeps_the_journal():
     rollback = FakeRollback(error=PermanentError("no earlier revision"))
     run, notifier, journal, _ = runner(rollback=rollback)
-    with pytest.raises(KeyboardInterrupt):
-        run.run(table(deploy=raising(KeyboardInterrupt())))
+    ended = run.run(table(deploy=raising(KeyboardInterrupt())))
+    assert ended is not None and ended.cancelled
+    assert ended.message.startswith("cancelled during deploy; ROLLBACK FAILED: no earlier revision; ")
+    assert "the deploy journal stays open, so the next run rolls the rest back" in ended.message
     assert journal.closes == 0
     assert notifier.outcomes == ["🚨 cancelled during deploy and the rollback failed"]
 
 
+def test_a_cancel_whose_rollback_is_cut_short_ends_cancelled_and_keeps_the_journal():
+    rollback = Interrupting()
+    run, notifier, journal, _ = runner(rollback=rollback)
+    ended = run.run(table(load=raising(TerminationSignal(15))))
+    assert ended is not None and ended.cancelled and len(rollback.calls) == 1
+    assert ended.message.startswith("cancelled during load; ROLLBACK INTERRUPTED (TerminationSignal); ")
+    assert journal.closes == 0, "the next run finds the journal open and finishes the rollback"
+    assert journal.entries[-1] == ("load", ["database", "app"]), "the journal says what may need undoing"
+    assert notifier.outcomes == ["🚨 cancelled during load; the rollback was interrupted"]
+
+
+def test_a_cancel_during_the_rollback_of_a_failure_keeps_the_journal_open():
+    run, notifier, journal, _ = runner(rollback=Interrupting())
+    ended = run.run(table(health=lambda: failing(Stage.HEALTH, "replica 127.0.0.1:18082", "503 three times")))
+    assert ended is not None and not ended.cancelled
+    assert ended.message.startswith("health failed: replica 127.0.0.1:18082: 503 three times; ROLLBACK INTERRUPTED")
+    assert journal.closes == 0
+    assert notifier.outcomes == ["🚨 health failed and the rollback was cancelled"]
+
+
 def test_leaving_the_runner_closes_the_notifier():
     run, notifier, _, _ = runner()
-    with pytest.raises(KeyboardInterrupt), run:
-        run.run(table(smoke=raising(KeyboardInterrupt())))
+    with run:
+        ended = run.run(table(smoke=raising(KeyboardInterrupt())))
+    assert ended is not None and ended.cancelled
     assert notifier.closed
+
+
+# -- the lock's fence: checked before each stage that changes something --------------------------
+
+
+class Fence:
+    """The deploy lock's ``check``: fine until ``lost`` is set, then raises it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lost: LockLost | None = None
+        self.lose_at_call: int | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.lose_at_call is not None and self.calls >= self.lose_at_call and self.lost is not None:
+            raise self.lost
+
+
+def test_the_fence_is_checked_before_each_stage_that_changes_something_only():
+    fence, ran = Fence(), []
+    run, _, _, _ = runner()
+    run.fence = fence
+    assert run.run(table(ran)) is None
+    assert fence.calls == 2, "once before migrate, once before deploy"
+
+
+def test_a_lock_lost_to_another_holder_stops_the_run_and_undoes_nothing():
+    fence, ran = Fence(), []
+    fence.lost, fence.lose_at_call = (
+        LockLost("the deploy lock's lease is gone; another run held it since", may_undo=False),
+        2,
+    )
+    run, notifier, journal, rollback = runner()
+    run.fence = fence
+    ended = run.run(table(ran))
+    assert ended is not None and not ended.cancelled and not ended.skipped
+    assert ran == ["preflight", "build", "backup", "migrate"], "deploy never started"
+    assert rollback.calls == [], "the lock's new holder owns the environment now"
+    assert journal.closes == 0, "the journal stays open for the run that holds the lock now"
+    assert journal.entries == [("migrate", ["database"])], "deploy was never journalled as started"
+    assert "nothing was undone" in ended.message and "holds the lock now" in ended.message, ended.message
+    assert ended.message.startswith("deploy stopped: the deploy lock's lease is gone"), ended.message
+    assert notifier.outcomes[-1].startswith("🔒 stopped at deploy: "), notifier.outcomes
+
+
+def test_a_lock_lost_before_anything_changed_says_nothing_was_changed():
+    fence = Fence()
+    fence.lost, fence.lose_at_call = LockLost("lease gone", may_undo=False), 1
+    run, _, journal, rollback = runner()
+    run.fence = fence
+    ended = run.run(table())
+    assert ended is not None and ended.message == "migrate stopped: lease gone; nothing was changed"
+    assert rollback.calls == [] and journal.entries == []
+
+
+def test_a_lock_lost_that_may_still_undo_rolls_back_as_a_failure():
+    fence, ran = Fence(), []
+    fence.lost, fence.lose_at_call = LockLost("lease expired, taken back at once", may_undo=True), 2
+    run, notifier, journal, rollback = runner()
+    run.fence = fence
+    ended = run.run(table(ran))
+    assert ended is not None and not ended.cancelled
+    assert ran[-1] == "migrate"
+    assert rollback.calls == [
+        {
+            "previous": PREVIOUS,
+            "stage": Stage.DEPLOY,
+            "reason": "lease expired, taken back at once",
+            "backup": BACKUP,
+            "undo_app": False,
+        }
+    ], "only the database had changed: deploy never ran"
+    assert journal.closes == 1
+    assert ended.message.startswith("deploy failed: lease expired, taken back at once; the app was not changed")
+
+
+def test_a_cancel_after_the_lock_was_lost_to_another_run_undoes_nothing():
+    fence = Fence()
+    fence.lost, fence.lose_at_call = LockLost("deploy lock lost; another run holds it now", may_undo=False), 3
+    run, notifier, journal, rollback = runner()
+    run.fence = fence  # fine before migrate and deploy, lost by the time the cancel would undo
+    ended = run.run(table(load=raising(TerminationSignal(15))))
+    assert ended is not None and ended.cancelled
+    assert rollback.calls == [] and journal.closes == 0
+    assert ended.message.startswith("cancelled during load; ROLLBACK FAILED: deploy lock lost; another run holds it")
+
+
+# -- guards (the release watcher): checked before every stage once registered ----------------------
+
+
+def test_a_guard_registered_by_a_step_is_checked_before_every_later_stage_and_at_the_end():
+    calls: list[str] = []
+    run, _, _, _ = runner()
+
+    def deploy() -> str:
+        run.guards.append(lambda: calls.append("checked"))
+        return "rollout"
+
+    assert run.run(table(deploy=deploy)) is None
+    # health, smoke, load, metrics, sign-off, and once more before the release is declared live
+    assert calls == ["checked"] * 6
+
+
+def test_a_failing_guard_fails_the_stage_about_to_start_and_rolls_back():
+    ran: list[str] = []
+    run, notifier, journal, rollback = runner()
+    dead = GateFailed("replica architect-api-2 of 3.2.0 restarted (exit 2)", stage="watch")
+    checks = {"n": 0}
+
+    def guard() -> None:
+        checks["n"] += 1
+        if checks["n"] == 3:  # fine before health and smoke, bad before load
+            raise dead
+
+    def deploy() -> str:
+        run.guards.append(guard)
+        return "rollout"
+
+    ended = run.run(table(ran, deploy=deploy))
+    assert ended is not None and not ended.cancelled
+    assert "load" not in ran, "the stage never ran"
+    assert ended.message.startswith("load failed: replica architect-api-2 of 3.2.0 restarted (exit 2); rolled back")
+    assert rollback.calls[0]["undo_app"] and rollback.calls[0]["backup"] == BACKUP
+    assert journal.closes == 1 and notifier.status_of("load") == "failed"
+
+
+def test_a_guard_failing_after_the_last_stage_keeps_the_release_from_going_live():
+    run, _, journal, rollback = runner()
+    seen = {"n": 0}
+
+    def guard() -> None:
+        seen["n"] += 1
+        if seen["n"] == 6:
+            raise GateFailed("replica architect-api-1 of 3.2.0 unhealthy for 30 s")
+
+    def deploy() -> str:
+        run.guards.append(guard)
+        return "rollout"
+
+    ended = run.run(table(deploy=deploy))
+    assert ended is not None and ended.message.startswith("sign-off failed: replica architect-api-1")
+    assert len(rollback.calls) == 1 and journal.closes == 1
 
 
 # -- recovery of a run that died --------------------------------------------------------------

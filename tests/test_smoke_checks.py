@@ -15,31 +15,51 @@ from blocks.registry import ImageRegistry
 from tasks.core.models import Verdict
 from tasks.core.redaction import MASK, Redactor
 from tasks.gates.health import check_health, health_problem
-from tasks.gates.smoke.suite import SMOKE_CHECKS, run_smoke_suite
-from tests.support.fake_api import PASSWORD, FakeApi
+from tasks.gates.smoke.security import certificate_expiry, cors_probes
+from tasks.gates.smoke.session import SmokeSession
+from tasks.gates.smoke.suite import CERTIFICATE_CHAIN, CERTIFICATE_EXPIRY, RATE_LIMIT, SMOKE_CHECKS, run_smoke_suite
+from tests.support.fake_api import ALLOWED_ORIGIN, PASSWORD, FakeApi
 
-ALL_SMOKE = [name for name, _ in SMOKE_CHECKS] + ["security: certificate valid", "security: rate limiting"]
+ALL_SMOKE = [name for name, _ in SMOKE_CHECKS] + [CERTIFICATE_CHAIN, CERTIFICATE_EXPIRY, RATE_LIMIT]
+CORS_LABELS = [label for label, _ in cors_probes(ALLOWED_ORIGIN)]
 
-# fault -> the one check it must fail
+
+def cors_rows(*labels: str, kinds=("simple request", "preflight")) -> list[str]:
+    return [f"security: CORS {kind} from {label} refused" for label in labels for kind in kinds]
+
+
+# fault -> the checks it must fail, and no others
 BREAKS = {
-    "login_invalid_200": "auth: invalid credentials return 401",
-    "cookie_no_httponly": "auth: session cookie is HttpOnly, Secure, SameSite",
-    "logout_keeps_session": "auth: logout clears the session",
-    "pagination_ignores_limit": "events: list with pagination",
-    "event_delete_noop": "events: delete",
-    "resolve_500": "errors: resolve",
-    "aggregate_broken": "errors: aggregation",
-    "notification_read_noop": "notifications: mark as read",
-    "component_degraded": "health: all components healthy",
-    "no_metrics": "health: metrics endpoint responds",
-    "http_no_redirect": "security: HTTPS enforced",
-    "no_hsts": "security: HTTPS enforced",
-    "cors_reflect_any": "security: CORS refuses another origin",
-    "malformed_json_500": "security: input validation",
-    "sql_500": "security: SQL injection probes",
-    "xss_raw": "security: XSS probe comes back escaped",
-    "no_nosniff": "security: XSS probe comes back escaped",
-    "no_rate_limit": "security: rate limiting",
+    "login_invalid_200": ["auth: invalid credentials return 401"],
+    "cookie_no_httponly": ["auth: session cookie is HttpOnly, Secure, SameSite"],
+    "logout_keeps_session": ["auth: logout clears the session"],
+    "pagination_ignores_limit": ["events: list with pagination"],
+    "event_delete_noop": ["events: delete"],
+    "resolve_500": ["errors: resolve"],
+    "aggregate_broken": ["errors: aggregation"],
+    "notification_read_noop": ["notifications: mark as read"],
+    "component_degraded": ["health: all components healthy"],
+    "no_metrics": ["health: metrics endpoint responds"],
+    "http_no_redirect": ["security: HTTP redirects to HTTPS"],
+    "no_hsts": ["security: HSTS on HTTPS responses"],
+    "cors_reflect_any": cors_rows(*CORS_LABELS),
+    "cors_prefix_match": cors_rows(
+        "the allowed origin extended by prefix", "the allowed host on another port", "the allowed origin with a path"
+    ),
+    "cors_null": cors_rows("the null origin"),
+    "cors_wildcard_credentials": ["security: CORS allows the configured origin exactly", *cors_rows(*CORS_LABELS)],
+    "version_banner": ["security: no server or framework version banners"],
+    "html_errors": ["security: JSON never served as text/html"],
+    "malformed_json_500": ["security: oversized body answered 413 or 400", "security: malformed JSON answered 400"],
+    "sql_500": [
+        "security: SQL metacharacters in query parameters answered 4xx",
+        "security: SQL metacharacters in a body are stored as data",
+    ],
+    "query_ignored": ["security: SQL metacharacters in query parameters answered 4xx"],
+    "method_501": ["security: unknown method answered 405"],
+    "xss_raw": ["security: a scripted body is echoed only as JSON"],
+    "no_nosniff": ["security: X-Content-Type-Options nosniff on API responses"],
+    "no_rate_limit": [RATE_LIMIT],
 }
 
 
@@ -87,7 +107,7 @@ def test_good_app_passes_every_check(api):
     report = run_smoke_suite.fn(environment_for(api))
     assert sorted(verdicts(report)) == sorted(ALL_SMOKE) and len(report.checks) == len(ALL_SMOKE)
     assert report.verdict == Verdict.PASS, report.summary()
-    assert report.checks[-1].name == "security: rate limiting"  # last, so later gates are not throttled
+    assert report.checks[-1].name == RATE_LIMIT  # last, so later gates are not throttled
     assert "Retry-After 1" in report.checks[-1].detail
     login = report.checks[0]
     assert login.request.startswith("POST /api/v1/auth/login")
@@ -102,9 +122,11 @@ def test_each_broken_behaviour_fails_exactly_its_check(api, fault):
     api.app.faults.add(fault)
     report = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
     failed = [c for c in report.checks if c.verdict != Verdict.PASS]
-    assert [c.name for c in failed] == [BREAKS[fault]], report.summary()
+    assert sorted(c.name for c in failed) == sorted(BREAKS[fault]), report.summary()
+    assert all(c.verdict == Verdict.FAIL for c in failed)
     assert report.verdict == Verdict.FAIL
-    assert failed[0].detail and failed[0].request  # says why, and what was asked
+    assert all(c.detail and c.request for c in failed)  # says why, and what was asked
+    assert all(c.response for c in failed if c.name.startswith("security: "))  # and what came back
     if fault == "http_no_redirect":
         assert f"GET {api.http_url}/health" in failed[0].request  # the plain-HTTP port is named
     assert_no_secrets(report, PASSWORD, *api.app.sessions)
@@ -143,8 +165,25 @@ def test_certificate_near_expiry_fails_only_that_check(tmp_path):
     finally:
         api.close()
     failed = [c for c in report.checks if c.verdict != Verdict.PASS]
-    assert [c.name for c in failed] == ["security: certificate valid"]
+    assert [c.name for c in failed] == [CERTIFICATE_EXPIRY]
     assert "expires in 4." in failed[0].detail or "expires in 5." in failed[0].detail
+    assert failed[0].required and report.verdict == Verdict.FAIL
+
+
+@pytest.mark.unit
+def test_certificate_inside_the_warning_window_is_a_warning_row_that_does_not_block(tmp_path):
+    api = FakeApi(tmp_path, cert_days=20)
+    try:
+        report = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
+        narrower = certificate_expiry(SmokeSession(environment_for(api, cert_warning_days=10), None), 14, 10)
+    finally:
+        api.close()
+    warned = [c for c in report.checks if c.verdict != Verdict.PASS]
+    assert [c.name for c in warned] == [CERTIFICATE_EXPIRY]
+    assert warned[0].detail.startswith(("warning: certificate expires in 19.", "warning: certificate expires in 20.0"))
+    assert not warned[0].required
+    assert report.verdict == Verdict.PASS  # a warning, not a failure
+    assert narrower[1] is False and "days left" in narrower[0]  # outside a 10-day window: no warning
 
 
 @pytest.mark.unit
@@ -154,15 +193,63 @@ def test_untrusted_certificate_fails_https_checks_without_crashing(api, tmp_path
     other_ca, _, _ = make_tls(tmp_path)  # a CA that did not sign the server's certificate
     report = run_smoke_suite.fn(environment_for(api, ca_bundle=str(other_ca)), rate_limit_wait_max_s=0)
     assert len(report.checks) == len(ALL_SMOKE)  # every check reported, none hidden by the first failure
-    cert = next(c for c in report.checks if c.name == "security: certificate valid")
+    cert = next(c for c in report.checks if c.name == CERTIFICATE_CHAIN)
     assert cert.verdict == Verdict.FAIL and "certificate verify failed" in cert.detail.lower()
+    # the expiry is still read (an untrusted chain does not hide it)
+    assert next(c for c in report.checks if c.name == CERTIFICATE_EXPIRY).verdict == Verdict.PASS
+    # checks that could not get an answer over a chain that does not verify fail; none passes
+    assert not any(c.verdict == Verdict.PASS for c in report.checks if c.name.startswith("security: CORS"))
 
 
 @pytest.mark.unit
 def test_https_redirect_without_http_url_on_custom_port_fails_with_reason(api):
     report = run_smoke_suite.fn(environment_for(api, api_http_url=None), rate_limit_wait_max_s=0)
-    check = next(c for c in report.checks if c.name == "security: HTTPS enforced")
+    check = next(c for c in report.checks if c.name == "security: HTTP redirects to HTTPS")
     assert check.verdict == Verdict.FAIL and "api_http_url" in check.detail
+
+
+@pytest.mark.unit
+def test_a_balancer_that_accepts_tls_1_0_and_1_1_fails_both_rows(tmp_path):
+    """TLS is the balancer's job, not the app's: a release cannot break it, a misconfigured server can."""
+    import ssl
+
+    api = FakeApi(tmp_path, tls_minimum=ssl.TLSVersion.MINIMUM_SUPPORTED)
+    try:
+        report = run_smoke_suite.fn(environment_for(api), rate_limit_wait_max_s=0)
+    finally:
+        api.close()
+    failed = {c.name: c for c in report.checks if c.verdict != Verdict.PASS}
+    assert sorted(failed) == ["security: TLS 1.0 refused", "security: TLS 1.1 refused"]
+    assert "accepted a TLSv1 handshake" in failed["security: TLS 1.0 refused"].detail
+    assert "offering only TLS 1.1" in failed["security: TLS 1.1 refused"].request
+
+
+@pytest.mark.unit
+def test_checks_that_cannot_reach_the_server_are_inconclusive_never_a_pass(api):
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = environment_for(api, api_url=f"https://localhost:{port}", api_http_url=f"http://localhost:{port}")
+    report = run_smoke_suite.fn(env, rate_limit_wait_max_s=0)
+    assert not [c.name for c in report.checks if c.verdict == Verdict.PASS]
+    verdicts_ = verdicts(report)
+    for name in ("security: TLS 1.0 refused", "security: TLS 1.1 refused", CERTIFICATE_CHAIN, "health: returns 200"):
+        assert verdicts_[name] == Verdict.INCONCLUSIVE, name
+    assert report.verdict == Verdict.FAIL or report.verdict == Verdict.INCONCLUSIVE
+
+
+@pytest.mark.unit
+def test_cors_probes_extend_the_allowed_origin_every_way():
+    probes = dict(cors_probes("https://dashboard.architect.localhost"))
+    assert probes["the allowed origin extended by prefix"] == "https://dashboard.architect.localhost.evil.test"
+    assert probes["the allowed origin extended by suffix"] == "https://evildashboard.architect.localhost"
+    assert probes["the allowed host on another port"] == "https://dashboard.architect.localhost:444"
+    assert probes["a sibling subdomain"] == "https://evil-sibling.architect.localhost"
+    assert probes["the allowed host over http"] == "http://dashboard.architect.localhost"
+    assert probes["the null origin"] == "null"
+    assert "the allowed host over http" not in dict(cors_probes("http://127.0.0.1:8080"))
 
 
 @pytest.mark.unit

@@ -121,3 +121,82 @@ def test_a_tag_that_names_the_version_file_derives_that_version(version):
     assert release_version("9.9.9", source, f"v{version}") == "9.9.9"
     branch = release_version(None, source, "main")
     assert branch == f"{version}-main.g0123456" and check_semver(branch) == branch
+
+
+# -- TLS by default (issue 16): the validators behind the blocks' refusals ----------------------
+
+from pydantic import AnyHttpUrl, TypeAdapter  # noqa: E402
+
+from blocks.validation import (  # noqa: E402
+    check_docker_host,
+    check_docker_tls,
+    check_repo_url,
+    check_tls_url,
+    docker_engine_is_remote_tcp,
+)
+
+remote = st.one_of(
+    st.ip_addresses(v=4).map(str).filter(lambda h: not h.startswith("127.")),
+    st.text(string.ascii_lowercase, min_size=1, max_size=12).map(lambda h: f"{h}.example"),
+)
+
+
+def url(text: str):
+    return TypeAdapter(AnyHttpUrl).validate_python(text)
+
+
+@given(remote)
+def test_check_tls_url_refuses_http_off_loopback_and_keeps_https(host):
+    with pytest.raises(ValueError, match="https://"):
+        check_tls_url(url(f"http://{host}/"))
+    assert check_tls_url(url(f"https://{host}/")) is not None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.10.0.1"])
+def test_check_tls_url_keeps_http_on_loopback(host):
+    assert check_tls_url(url(f"http://{host}:9090/")) is not None
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "https://user:token@github.com/org/app.git",
+        "https://token@github.com/org/app.git",
+        "ssh://git:pw@git.example/app.git",
+        "http://git.example/app.git",
+        "git://git.example/app.git",
+    ],
+)
+def test_check_repo_url_refuses_credentials_and_clear_text(repo):
+    with pytest.raises(ValueError):
+        check_repo_url(repo)
+
+
+@pytest.mark.parametrize(
+    "repo",
+    ["/srv/app", "git@github.com:org/app.git", "ssh://git@git.example/app.git", "http://127.0.0.1:8080/app.git"],
+)
+def test_check_repo_url_accepts_paths_ssh_and_loopback(repo):
+    assert check_repo_url(repo) == repo
+
+
+@given(remote, st.integers(1, 65535))
+def test_a_remote_tcp_engine_needs_all_three_tls_files(host, port):
+    address = check_docker_host(f"tcp://{host}:{port}")
+    assert docker_engine_is_remote_tcp(address)
+    with pytest.raises(ValueError, match="docker_host"):
+        check_docker_tls(address, None, None, None)
+    with pytest.raises(ValueError, match="tls_client_key"):
+        check_docker_tls(address, "/ca.pem", "/cert.pem", None)
+    check_docker_tls(address, "/ca.pem", "/cert.pem", "/key.pem")
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:2375", "tcp://localhost:2375", "unix:///var/run/docker.sock"])
+def test_local_engines_need_no_tls(address):
+    assert not docker_engine_is_remote_tcp(address)
+    check_docker_tls(address, None, None, None)
+
+
+def test_tls_files_are_only_for_tcp():
+    with pytest.raises(ValueError, match="tcp://"):
+        check_docker_tls("ssh://builder.example", "/ca.pem", "/cert.pem", "/key.pem")

@@ -9,9 +9,6 @@ The worker is declared with ``broken_service``: started again and the sandbox ch
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import tempfile
 from pathlib import Path
 
@@ -19,41 +16,14 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from sandbox import daemons, procs
 from tasks.release.journal import read_journal, workspace_prefix
 from tests.support.app_state import assert_only_good_replicas, replicas_of, schema_version
+from tests.support.cancels import kill_worker_and_its_run
 from tests.support.deploys import GOOD, GOOD_WITH_MIGRATION, deploy
 from tests.support.faults import Trigger
 from tests.support.run_records import slack_thread_of
 
 pytestmark = pytest.mark.sandbox
-
-
-def processes_of_flow_run(flow_run_id: str) -> list[int]:
-    """PIDs of the process our worker started for this flow run (found by the run id in its environment)."""
-    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue  # gone, or not ours to read
-    return found
-
-
-def kill_worker_and_its_run(flow_run_id: str) -> list[int]:
-    """SIGKILL, no grace: what a machine that loses power does to the worker and its flow run."""
-    worker = daemons.WORKER.running()
-    assert worker is not None, "the sandbox's worker is not running"
-    victims = processes_of_flow_run(flow_run_id)
-    assert victims, "the flow run's process was not found"
-    procs.terminate(worker, daemons.WORKER.expect, grace=0, sig=signal.SIGKILL)
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return victims
 
 
 def test_a_deploy_whose_worker_died_is_rolled_back_by_the_next_run(

@@ -10,11 +10,13 @@ from urllib.parse import quote
 import psycopg
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from blocks.database.backup_storage import BackupStorage
 from blocks.database.pg_binaries import find_pg_tool
 from blocks.validation import check_hostname, check_text, reject_unknown_fields
+from tasks.core.identity import database_identity, identity_key
+from tasks.core.net import is_loopback_host
 
 
 class PostgresDatabase(Block):
@@ -34,8 +36,13 @@ class PostgresDatabase(Block):
     dbname: str = Field("architect_staging", description="Database name")
     user: str = Field("architect", description="Role that owns the app's schema")
     password: SecretStr = Field(description="Password of that role")
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
-        "prefer", description="libpq sslmode for the pipeline's own connections"
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(
+        None,
+        description="libpq sslmode of every connection; empty: verify-full, or prefer when every host is "
+        "loopback. Off loopback only verify-full, or verify-ca with sslmode_reason",
+    )
+    sslmode_reason: str | None = Field(
+        None, description="Why verify-ca (no hostname check) is enough for this database; needed for verify-ca"
     )
     pool_max: int = Field(100, ge=1, le=10_000, description="The app's pool size (DATABASE_MAX_CONNS)")
     statement_timeout_ms: int = Field(
@@ -60,9 +67,24 @@ class PostgresDatabase(Block):
         None, description="Directory of pg_dump/pg_restore/psql; empty: the one matching the server's major version"
     )
 
+    _identity: tuple[tuple[str, int, str], str] | None = PrivateAttr(None)
+
     _validate_hosts = field_validator("host", "replica_host")(check_hostname)
-    _validate_text = field_validator("user", "pg_bin_dir")(check_text)
+    _validate_text = field_validator("user", "pg_bin_dir", "sslmode_reason")(check_text)
     _known_fields_only = model_validator(mode="before")(reject_unknown_fields)
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> PostgresDatabase:
+        # Off this machine the password and every row cross the network: the server's certificate
+        # must be verified, with its name (verify-full) or, for a stated reason, without (verify-ca).
+        remote = [h for h in (self.host, self.replica_host) if h and not is_loopback_host(h)]
+        if self.sslmode is None:
+            self.sslmode = "verify-full" if remote else "prefer"
+        if remote and self.sslmode not in ("verify-full", "verify-ca"):
+            raise ValueError(f"sslmode: {self.sslmode} is refused for {remote[0]} (off loopback): use verify-full")
+        if self.sslmode == "verify-ca" and not (self.sslmode_reason or "").strip():
+            raise ValueError("sslmode_reason: verify-ca skips the hostname check; write why it is enough")
+        return self
 
     @field_validator("dbname")
     @classmethod
@@ -90,8 +112,19 @@ class PostgresDatabase(Block):
         )
 
     def identity(self) -> str:
-        """host:port/dbname: what two environments sharing this database have in common."""
-        return f"{self.host}:{self.port}/{self.dbname}"
+        """host:port/dbname with the host resolved (``loopback:55432/architect_staging``): the same
+        for every spelling of one server, so two environments sharing this database share it."""
+        # Resolved once per address (a block instance lives for one run): a DNS answer that
+        # changed mid-run must not move the run's backups or journal to another namespace.
+        address = (self.host, self.port, self.dbname)
+        if self._identity is None or self._identity[0] != address:
+            self._identity = (address, database_identity(*address))
+        return self._identity[1]
+
+    def backup_namespace(self) -> str:
+        """Where this database's backups live inside ``backup_storage`` (one directory per database);
+        equal to ``DeployIdentity.database_key``."""
+        return identity_key(self.identity(), self.dbname)
 
     def libpq_env(self) -> dict[str, str]:
         """Environment for pg_dump/pg_restore: the password travels here, never on a command line."""
@@ -129,5 +162,6 @@ class PostgresDatabase(Block):
         return env
 
     def backups(self) -> BackupStorage:
-        """The backup storage, wrapped for streaming (see BackupStorage)."""
-        return BackupStorage(self.backup_storage)
+        """This database's namespace of the backup storage, wrapped for streaming (see BackupStorage).
+        Backups of the flat layout of earlier releases are still found there by name."""
+        return BackupStorage(self.backup_storage, namespace=self.backup_namespace())

@@ -23,9 +23,11 @@ from docker.models.containers import Container
 
 from blocks.docker.errors import docker_errors
 from blocks.docker.history import RevisionHistory
+from blocks.docker.secret_files import remove_volume, run_with_secret_files
 from blocks.target import TargetEngine
 from tasks.core.errors import DeployError, TemporaryError, one_line
-from tasks.core.models import DeployPlan, ObjectPlan, OneOffResult, ReplicaStatus, Revision, RolloutResult
+from tasks.core.models import DeployPlan, ObjectPlan, OneOffResult, ReplicaState, ReplicaStatus, Revision, RolloutResult
+from tasks.core.redaction import redact
 
 if TYPE_CHECKING:
     from blocks.docker.target import DockerTarget
@@ -35,6 +37,8 @@ REVISION_LABEL = "architect.revision"
 VERSION_LABEL = "architect.version"
 PORT_LABEL = "architect.port"
 ONE_OFF_LABEL = "architect.one-off"
+REPLICA_PROBE_TIMEOUT_S = 2.0  # one /health of a replica while the release is watched
+RESTART_RETRIES = 3  # the restart policy's bound on restarts of one crashed replica
 
 
 class DockerEngine(TargetEngine):
@@ -79,6 +83,54 @@ class DockerEngine(TargetEngine):
     def fetch_logs(self, tail: int = 100) -> dict[str, str]:
         with self._engine_calls("listing replicas"):
             return {c.name: _logs(c, tail) for c in self._containers(all_states=True)}
+
+    def replica_states(self) -> list[ReplicaState]:
+        """Every replica container (stopped ones included; a rollout leaves only the live
+        release's): running or not and why (exit status), its restarts (``RestartCount``, counted
+        by the restart policy), and ready when its own health endpoint answers 200 (the image has
+        no HEALTHCHECK; where a container has one, Docker's verdict is used instead)."""
+        with self._engine_calls("listing replicas"):
+            containers = self._containers(all_states=True)
+        with httpx.Client(timeout=REPLICA_PROBE_TIMEOUT_S) as http:
+            return [self._replica_state(c, http) for c in sorted(containers, key=lambda c: c.name)]
+
+    def _replica_state(self, container: Container, http: httpx.Client) -> ReplicaState:
+        state = container.attrs.get("State", {})
+        restarts = int(container.attrs.get("RestartCount", 0) or 0)
+        started = {"started_at": state.get("StartedAt") or None}  # `docker restart` changes it, not RestartCount
+        if container.status != "running":
+            code, error = state.get("ExitCode"), state.get("Error") or ""
+            if container.status == "restarting":  # the restart policy brings it back after a crash
+                why = f"restarting after it exited with status {code} (restart {restarts})"
+            elif container.status in ("exited", "dead"):
+                why = f"{container.status} with status {code}"
+            else:
+                why = container.status
+            why += f" ({one_line(error)[:200]})" if error else ""
+            return ReplicaState(
+                name=container.name, running=False, ready=False, restarts=restarts, detail=why, **started
+            )
+        if health := state.get("Health"):
+            healthy = health.get("Status") == "healthy"
+            detail = "" if healthy else f"Docker health check: {health.get('Status')}"
+            return ReplicaState(
+                name=container.name, running=True, ready=healthy, restarts=restarts, detail=detail, **started
+            )
+        url = f"http://{self.settings.bind_host}:{container.labels.get(PORT_LABEL)}{self.settings.health_path}"
+        try:
+            response = http.get(url)
+        except httpx.HTTPError as exc:  # not answering: unready (the watcher allows a grace)
+            return ReplicaState(
+                name=container.name,
+                running=True,
+                ready=False,
+                restarts=restarts,
+                detail=f"{self.settings.health_path} unreachable ({type(exc).__name__})",
+                **started,
+            )
+        ready = response.status_code == 200
+        detail = "" if ready else f"{self.settings.health_path} answered {response.status_code}"
+        return ReplicaState(name=container.name, running=True, ready=ready, restarts=restarts, detail=detail, **started)
 
     # -- rollouts ------------------------------------------------------------------------
 
@@ -183,13 +235,19 @@ class DockerEngine(TargetEngine):
 
     def _start_replica(self, image: str, version: str, number: int, port: int, env: Mapping[str, str]) -> Container:
         settings = self.settings
-        return self.client.containers.run(
+        # The app's environment goes as files on a tmpfs shared by the revision's replicas, never
+        # in the container's configuration (docker inspect); HOST and PORT are nothing secret.
+        return run_with_secret_files(
+            self.client,
             image,
+            app_env=env,
+            volume=f"{settings.app_name}-secrets-r{number}",
+            app=settings.app_name,
             command=["serve"],
             name=f"{settings.app_name}-r{number}-{port}",
             detach=True,
             network_mode="host",
-            environment={**env, "HOST": settings.bind_host, "PORT": str(port)},
+            environment={"HOST": settings.bind_host, "PORT": str(port)},
             labels={
                 **settings.labels,
                 APP_LABEL: settings.app_name,
@@ -198,6 +256,11 @@ class DockerEngine(TargetEngine):
                 PORT_LABEL: str(port),
             },
             read_only=True,  # the guide's readOnlyRootFilesystem
+            # As the kubelet restarts a crashed container: a crash shows as a restart the release
+            # watch sees, not as a hole. on-failure, because a replica that exits 0 was stopped on
+            # purpose; few retries, so a crash-looping release still exits within about a second
+            # (backoff 0.1, 0.2, 0.4 s) and the rollout's readiness wait reports its exit status.
+            restart_policy={"Name": "on-failure", "MaximumRetryCount": RESTART_RETRIES},
         )
 
     def _wait_ready(self, container: Container, port: int, deadline: float) -> str | None:
@@ -233,19 +296,43 @@ class DockerEngine(TargetEngine):
             for c in self._containers()
         ]
 
+    # -- removal -------------------------------------------------------------------------
+
+    def remove_release(self, timeout_s: float) -> str:
+        """A release with no earlier revision to go back to (a failed first deploy): stop and remove
+        every container of the app, replicas gracefully (the app drains) and one-offs too. The
+        revision history stays: it is the record of what ran."""
+        deadline = time.monotonic() + timeout_s
+        mine = {"label": f"{APP_LABEL}={self.settings.app_name}"}
+        with self._engine_calls("removing the release"):
+            found = self.client.containers.list(all=True, filters=mine)
+            for container in found:
+                grace = max(1, min(self.settings.stop_timeout_s, int(deadline - time.monotonic())))
+                _remove(container, grace)
+            left = [c.name for c in self.client.containers.list(all=True, filters=mine)]
+        if left:
+            raise TemporaryError(f"containers of {self.settings.app_name} still there after removal: {', '.join(left)}")
+        replicas = sorted(c.name for c in found if ONE_OFF_LABEL not in c.labels)
+        return f"removed {len(replicas)} replica container(s)" + (f": {', '.join(replicas)}" if replicas else "")
+
     # -- one-offs ------------------------------------------------------------------------
 
     def run_one_off(self, image: str, args: Sequence[str], env: Mapping[str, str], timeout_s: float) -> OneOffResult:
         settings = self.settings
         started = time.monotonic()
+        name = f"{settings.app_name}-oneoff-{int(time.time() * 1000)}"
         with self._engine_calls(f"starting a one-off from {image}"):
-            container = self.client.containers.run(
+            # The app's environment as files on the one-off's own tmpfs volume (never in docker inspect).
+            container = run_with_secret_files(
+                self.client,
                 image,
+                app_env=env,
+                volume=f"{name}-secrets",
+                app=settings.app_name,
                 command=list(args),
-                name=f"{settings.app_name}-oneoff-{int(time.time() * 1000)}",
+                name=name,
                 detach=True,
                 network_mode="host",
-                environment=dict(env),
                 labels={**settings.labels, APP_LABEL: settings.app_name, ONE_OFF_LABEL: "1"},
                 read_only=True,
             )
@@ -259,6 +346,7 @@ class DockerEngine(TargetEngine):
         finally:
             with self._engine_calls(f"removing the one-off {container.name}"):
                 _remove(container, 1)
+                remove_volume(self.client, f"{name}-secrets")
 
     def _exit_code(self, container: Container, timeout_s: float) -> int:
         """The one-off's exit status; -1 when it gave none within ``timeout_s``."""
@@ -284,7 +372,7 @@ def _image_of(container: Container) -> str:
 
 def _logs(container: Container, tail: int) -> str:
     try:
-        return container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace")
+        return redact(container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace"))
     except DockerException as exc:  # logs are evidence for a report, never a reason to fail it
         return f"(logs unavailable: {one_line(exc)})"
 

@@ -19,6 +19,7 @@ import urllib3
 from docker.errors import APIError, BuildError, ContainerError, DockerException, StreamParseError
 
 from tasks.core.errors import DeployError, PermanentError, TemporaryError, one_line
+from tasks.core.redaction import redact
 
 # The engine answered, but asked again it may answer otherwise (busy, a removal in progress).
 RETRYABLE_STATUS = {408, 409, 429}
@@ -47,7 +48,8 @@ def docker_error(exc: BaseException, doing: str, engine: str, *, stage: Any = No
     """``exc`` from the docker SDK (or requests under it) as a TemporaryError or PermanentError
     (of ``stage``, when the caller knows it)."""
     error, message = _classified(exc, doing, engine)
-    return error(message, stage=stage)
+    # The engine's explanation and a one-off's stderr are outside text: they may quote a secret.
+    return error(redact(message), stage=stage)
 
 
 def _classified(exc: BaseException, doing: str, engine: str) -> tuple[type[DeployError], str]:
@@ -61,7 +63,8 @@ def _classified(exc: BaseException, doing: str, engine: str) -> tuple[type[Deplo
         return PermanentError, f"{doing} failed: {one_line(exc.msg)[:CAUSE_LENGTH]}"
     if isinstance(exc, ContainerError):
         stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
-        return PermanentError, f"{doing} failed: exit status {exc.exit_status}: {one_line(stderr)[-CAUSE_LENGTH:]}"
+        stderr = redact(one_line(stderr))  # before the cut, which could leave half a secret unmatched
+        return PermanentError, f"{doing} failed: exit status {exc.exit_status}: {stderr[-CAUSE_LENGTH:]}"
     if isinstance(exc, StreamParseError):  # the engine's answer was cut off mid-stream
         return TemporaryError, f"Docker engine at {engine} broke off its answer while {doing}: {_cause(exc)}"
     if _unanswered(exc):

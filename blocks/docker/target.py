@@ -12,11 +12,11 @@ import re
 import docker
 from pydantic import Field, field_validator, model_validator
 
-from blocks.docker.client import DockerConnection
+from blocks.docker.client import DockerConnection, DockerTLSFiles
 from blocks.docker.engine import DockerEngine
 from blocks.docker.history import RevisionHistory
 from blocks.target import DeployTarget
-from blocks.validation import check_docker_host, check_name, check_text
+from blocks.validation import check_docker_host, check_docker_tls, check_name, check_text
 from tasks.core.net import is_loopback_host, resolve_host
 
 
@@ -32,6 +32,9 @@ class DockerTarget(DeployTarget):
     )
 
     docker_host: str = Field("unix:///var/run/docker.sock", description="Docker engine address")
+    tls_ca_cert: str | None = Field(None, description="tcp:// engine: PEM file of the CA that signed its certificate")
+    tls_client_cert: str | None = Field(None, description="tcp:// engine: PEM file of this client's certificate")
+    tls_client_key: str | None = Field(None, description="tcp:// engine: PEM file of this client's key")
     app_name: str = Field("architect-api", description="Name prefix and label of the app's containers")
     replicas: int = Field(3, ge=1, le=20, description="Replicas to run (the guide: 3)")
     ports: list[int] = Field(
@@ -50,6 +53,7 @@ class DockerTarget(DeployTarget):
     _validate_app_name = field_validator("app_name")(check_name)
     _validate_docker_host = field_validator("docker_host")(check_docker_host)
     _validate_history_file = field_validator("history_file")(check_text)
+    _validate_tls_files = field_validator("tls_ca_cert", "tls_client_cert", "tls_client_key")(check_text)
 
     @field_validator("health_path")
     @classmethod
@@ -83,6 +87,11 @@ class DockerTarget(DeployTarget):
         return value
 
     @model_validator(mode="after")
+    def _tls_off_loopback(self) -> DockerTarget:
+        check_docker_tls(self.docker_host, self.tls_ca_cert, self.tls_client_cert, self.tls_client_key)
+        return self
+
+    @model_validator(mode="after")
     def _enough_slots(self) -> DockerTarget:
         if len(set(self.ports)) < self.replicas + 1:
             raise ValueError(
@@ -94,7 +103,13 @@ class DockerTarget(DeployTarget):
 
     def get_client(self, timeout_s: float = 60) -> docker.DockerClient:
         """A client of this target's engine; an engine that does not answer is a TemporaryError."""
-        return DockerConnection(self.docker_host, timeout_s).client
+        return DockerConnection(self.docker_host, timeout_s, self.tls_files()).client
+
+    def tls_files(self) -> DockerTLSFiles | None:
+        """The engine's TLS client files, when the block names them (all three, or none: validated)."""
+        if self.tls_ca_cert and self.tls_client_cert and self.tls_client_key:
+            return DockerTLSFiles(self.tls_ca_cert, self.tls_client_cert, self.tls_client_key)
+        return None
 
     def identity(self) -> str:
         scheme, _, address = self.docker_host.partition("://")

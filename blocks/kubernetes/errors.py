@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from tasks.core.errors import DeployError, PermanentError, TemporaryError, one_line
+from tasks.core.redaction import redact
 
 MESSAGE_LENGTH = 300
 
@@ -34,7 +35,8 @@ def _server_message(body: bytes | str | None) -> str:
 
 def refusal(status: int, body: bytes | str | None, what: str, *, secret: bool = False) -> DeployError:
     """An HTTP answer of ``status`` (>= 300) to ``what`` as a TemporaryError or PermanentError."""
-    message = "" if secret else one_line(_server_message(body))[:MESSAGE_LENGTH]
+    # The server's message is outside text: the run's secrets are cut out before it is shortened.
+    message = "" if secret else redact(one_line(_server_message(body)))[:MESSAGE_LENGTH]
     error = TemporaryError if status >= 500 or status == 429 else PermanentError
     return error(f"Kubernetes refused {what}: HTTP {status} {message}".rstrip())
 
@@ -42,11 +44,11 @@ def refusal(status: int, body: bytes | str | None, what: str, *, secret: bool = 
 def kubernetes_error(exc: BaseException, what: str, *, secret: bool = False) -> DeployError:
     """``exc`` from the kubernetes client (or urllib3 under it) as the tree's error."""
     if isinstance(exc, ConfigException):  # no usable kubeconfig or service account: a setting to fix
-        return PermanentError(f"Kubernetes client not configured ({what}): {one_line(exc)[:MESSAGE_LENGTH]}")
+        return PermanentError(f"Kubernetes client not configured ({what}): {redact(one_line(exc))[:MESSAGE_LENGTH]}")
     if isinstance(exc, ApiException) and exc.status:
         return refusal(exc.status, exc.body, what, secret=secret)
     reason = exc.reason if isinstance(exc, ApiException) else type(exc).__name__
-    return TemporaryError(f"Kubernetes API unreachable ({what}): {one_line(reason)[:MESSAGE_LENGTH]}")
+    return TemporaryError(f"Kubernetes API unreachable ({what}): {redact(one_line(reason))[:MESSAGE_LENGTH]}")
 
 
 @contextmanager

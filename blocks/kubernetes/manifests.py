@@ -1,12 +1,15 @@
 """The objects ``KubernetesTarget`` writes, built from the app repo and the run: no API calls here.
 
-The repo's ``k8s/staging`` manifests with the pushed image and version set, the app's Secret
-from the environment, and the one-off Job from ``job-template.yaml`` (or a minimal one).
+The repo's ``k8s/staging`` manifests with the pushed image and version set (a Secret that
+would take the name of the pipeline's own is refused), the app's Secret from the environment,
+the undo record (the objects as they were before a deploy), and the one-off Job from
+``job-template.yaml`` (or a minimal one).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +33,8 @@ KINDS = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
 }
+# Where the undo record keeps the previous objects, inside its Secret.
+UNDO_RECORD_KEY = "undo-record.json"
 JOB_TEMPLATE = "job-template.yaml"
 SKIPPED_FILES = {JOB_TEMPLATE, "job-template.yml", "kustomization.yaml", "kustomization.yml"}
 
@@ -67,6 +72,45 @@ def load_manifests(
     template_meta = deployment["spec"]["template"].setdefault("metadata", {})
     template_meta.setdefault("annotations", {})[VERSION_ANNOTATION] = version
     return objects
+
+
+def undo_record_name(deployment_name: str) -> str:
+    """The Secret that holds the objects as they were before the last deploy (see ``undo_record``)."""
+    return f"{deployment_name}-undo-record"
+
+
+def refuse_own_secrets(objects: list[dict], reserved: set[str]) -> None:
+    """Refuse manifests holding a Secret named like one the pipeline writes itself.
+
+    The pipeline's Secret is written from the environment block; a manifest of the same name
+    would replace its values with whatever the repo holds (or undo the undo record). Refused
+    before anything is applied, so such a release changes nothing.
+    """
+    clash = sorted(o["metadata"].get("name", "") for o in objects if o["kind"] == "Secret")
+    clash = [name for name in clash if name in reserved]
+    if clash:
+        raise PermanentError(
+            f"the manifests hold Secret {', '.join(clash)}, which the pipeline writes itself from the "
+            "environment block (secret_name); remove it from the manifests: nothing was applied"
+        )
+
+
+def undo_record(name: str, namespace: str, manager: str, record: dict) -> dict:
+    """The undo record as a Secret: the previous objects may include the manifests' own Secrets."""
+    data = json.dumps(record, sort_keys=True).encode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY: manager}},
+        "data": {UNDO_RECORD_KEY: base64.b64encode(data).decode()},
+    }
+
+
+def read_undo_record(secret: dict | None) -> dict | None:
+    """The record an ``undo_record`` Secret holds; None when there is none."""
+    raw = ((secret or {}).get("data") or {}).get(UNDO_RECORD_KEY)
+    return json.loads(base64.b64decode(raw)) if raw else None
 
 
 def secret_manifest(name: str, namespace: str, manager: str, env: Mapping[str, str]) -> dict:

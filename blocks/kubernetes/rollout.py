@@ -16,7 +16,7 @@ import yaml
 
 from blocks.kubernetes.manifests import VERSION_ANNOTATION
 from tasks.core.errors import NoEarlierRevision
-from tasks.core.models import ObjectPlan, ReplicaStatus, Revision
+from tasks.core.models import ObjectPlan, ReplicaState, ReplicaStatus, Revision
 
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
@@ -183,3 +183,61 @@ def secret_plan(name: str, live: dict | None, wanted: Mapping[str, str]) -> Obje
     lines += [f"~ {k} (value changed)" for k in sorted(set(have) & set(wanted)) if have[k] != wanted[k]]
     action = "create" if live is None else ("update" if lines else "unchanged")
     return ObjectPlan(kind="Secret", name=name, action=action, diff="\n".join(lines))
+
+
+# ---- the undo of the other objects a release applied ----------------------------------------------
+
+# What the server sets on each write; a restored object is sent without it.
+VOLATILE_METADATA = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink")
+# Deployment spec fields the revision mechanism owns (the template) or that may never change.
+DEPLOYMENT_SPEC_KEPT = {"template", "selector"}
+
+
+def restorable(obj: dict) -> dict:
+    """``obj`` as it can be written back: without status and the server's bookkeeping."""
+    obj = copy.deepcopy(obj)
+    obj.pop("status", None)
+    meta = obj.get("metadata", {})
+    for volatile in VOLATILE_METADATA + ("deletionTimestamp", "deletionGracePeriodSeconds"):
+        meta.pop(volatile, None)
+    return obj
+
+
+def deployment_spec_patch(before: dict, live: dict) -> list[dict]:
+    """JSON patch ops that give ``live`` the spec of ``before`` outside the pod template
+    (replicas, strategy, deadlines): what ``kubectl rollout undo`` leaves as the release set it."""
+    old, new = before.get("spec") or {}, live.get("spec") or {}
+    ops = [
+        {"op": "add", "path": f"/spec/{key}", "value": value}
+        for key, value in old.items()
+        if key not in DEPLOYMENT_SPEC_KEPT and new.get(key) != value
+    ]
+    gone = [key for key in new if key not in old and key not in DEPLOYMENT_SPEC_KEPT]
+    ops += [{"op": "remove", "path": f"/spec/{key}"} for key in gone]
+    return ops
+
+
+def replica_state(pod: dict, container_name: str) -> ReplicaState:
+    """A pod as the release watcher sees it: phase, Ready condition, restarts, why it is down."""
+    status = pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    cs = next((c for c in statuses if c.get("name") == container_name), statuses[0] if statuses else {})
+    state = cs.get("state") or {}
+    ready = next((c.get("status") == "True" for c in status.get("conditions") or [] if c.get("type") == "Ready"), False)
+    running = status.get("phase") == "Running" and bool(state.get("running"))
+    detail = (
+        ("terminating" if pod["metadata"].get("deletionTimestamp") else "")
+        or (state.get("waiting") or {}).get("reason", "")
+        or (state.get("terminated") or {}).get("reason", "")
+        or ("" if running else status.get("phase", ""))
+    )
+    last = ((cs.get("lastState") or {}).get("terminated") or {}).get("reason")
+    if last:  # a container that restarted says why its previous run ended
+        detail = f"{detail} (last exit: {last})" if detail else f"last exit: {last}"
+    return ReplicaState(
+        name=pod["metadata"]["name"],
+        running=running,
+        ready=ready,
+        restarts=int(cs.get("restartCount", 0)),
+        detail=detail,
+    )

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tasks.core.redaction import redact
+
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
 
@@ -24,6 +26,7 @@ class DeployError(Exception):
     """Base of every error this project raises on purpose."""
 
     def __init__(self, message: str, *, stage: str | None = None, result: Any = None):
+        message = redact(message)  # often quotes outside text (stderr, a response body, an engine's reason)
         super().__init__(message)
         self.message = message
         self.stage = stage
@@ -49,6 +52,11 @@ class GateFailed(PermanentError):
     """A verification gate (health, smoke, load, metrics, sign-off) said no."""
 
 
+class ReleaseUnhealthy(GateFailed):
+    """A replica of the deployed release exited, restarted, went missing or stayed unready after
+    the deploy (seen by the release watcher); the message names the replica."""
+
+
 class RolloutFailed(PermanentError):
     """The new revision never became available: crash loop, unhealthy, deadline."""
 
@@ -57,8 +65,25 @@ class NoEarlierRevision(PermanentError):
     """A rollback has nowhere to go: no revision before the current one, or not the one named."""
 
 
+class BackupMissing(PermanentError):
+    """A backup a journal or a run names is no longer in its storage (deleted, or the storage moved)."""
+
+
 class DeployLocked(TemporaryError):
     """Another deploy to the same environment (or database) holds the lock."""
+
+
+class LockLost(PermanentError):
+    """This run's deploy lock lease is gone (expired unrenewed, or revoked) while it ran.
+
+    ``may_undo``: the run took the lock back at once and nobody held it in between, so it may
+    still undo its own changes under it. False: another run held the lock since (it may have
+    recovered this run's open journal) or holds it now; this run must stop and touch nothing.
+    """
+
+    def __init__(self, message: str, *, may_undo: bool, stage: str | None = None, result: Any = None):
+        super().__init__(message, stage=stage, result=result)
+        self.may_undo = may_undo
 
 
 class CheckFailed(GateFailed):

@@ -28,3 +28,27 @@ def for_markdown(text: str) -> str:
     text = _LINE_BREAKS.sub(" ", _CONTROL.sub("", str(text)))
     text = text.replace("&", "&amp;").replace("<", "&lt;")
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+_ENTITY_OR_MARKUP = re.compile(r"&(?!(?:amp|lt|gt);)|[<>]")
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def for_slack_once(text: str, keep_links: tuple[str, ...] = ()) -> str:
+    """``for_slack`` for text that may be partly escaped already (a caller escaped a lead's notes
+    and the notifier escapes again): ``&amp;``, ``&lt;`` and ``&gt;`` stay as they are, so nothing is
+    escaped twice. Links ``<URL|label>`` whose URL is one of ``keep_links`` (the run's own link,
+    made by the pipeline) stay links; every other ``<`` is escaped."""
+    text = _CONTROL.sub("", str(text))
+    kept = [link for link in keep_links if link]
+    if not kept:
+        return _ENTITY_OR_MARKUP.sub(lambda m: _ESCAPES[m.group(0)], text)
+    # Only "<" + a kept URL + "|" + a label without markup + ">" is left alone.
+    allowed = re.compile("|".join(rf"<{re.escape(url)}\|[^<>|]*>" for url in kept))
+    out, end = [], 0
+    for match in allowed.finditer(text):
+        out.append(_ENTITY_OR_MARKUP.sub(lambda m: _ESCAPES[m.group(0)], text[end : match.start()]))
+        out.append(match.group(0))
+        end = match.end()
+    out.append(_ENTITY_OR_MARKUP.sub(lambda m: _ESCAPES[m.group(0)], text[end:]))
+    return "".join(out)

@@ -108,6 +108,7 @@ class ReplicaState(BaseModel):
     running: bool
     ready: bool | None = None  # None where the target has no readiness of its own
     restarts: int = 0  # since the replica was created
+    started_at: str | None = None  # when its process last started, as the target says it (a restart changes it)
     detail: str = ""  # why it is not running or not ready, as the target says it
 
 

@@ -10,7 +10,9 @@ the password of any URL that carries userinfo.
 from __future__ import annotations
 
 import base64
+import logging
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from urllib.parse import quote, quote_plus
 
@@ -39,8 +41,9 @@ def forms_of(secret: str) -> set[str]:
     """Every spelling of ``secret`` the redactor looks for."""
     if len(secret) < MIN_SECRET_LENGTH:
         return set()
-    raw = secret.encode()
-    return {secret, quote(secret, safe=""), quote_plus(secret), *_base64_forms(raw)}
+    spellings = {secret, quote(secret, safe=""), quote_plus(secret)}
+    # base64 of each spelling: a DATABASE_URL holds the password URL-encoded, and may itself be base64'd.
+    return spellings | {form for s in spellings for form in _base64_forms(s.encode())}
 
 
 def secrets_of(*models: BaseModel) -> set[str]:
@@ -90,3 +93,82 @@ class Redactor:
     def with_secrets(self, secrets: Iterable[str]) -> Redactor:
         """This redactor, also hiding ``secrets`` (say, a session token the API just handed out)."""
         return Redactor([*self._secrets, *secrets])
+
+
+# -- the run's redactor ------------------------------------------------------------------------
+# One per process: a run registers its secrets once, at its start, and every task and subflow of it
+# (threads of the same process) redacts with them. Secrets are only ever added, never removed: a
+# worker process that ran one environment's deploy keeps hiding its secrets.
+
+_lock = threading.Lock()
+_run_redactor = Redactor()
+
+
+def register(secrets: Iterable[str]) -> Redactor:
+    """Hide ``secrets`` from now on, everywhere in this process; installs the log filter."""
+    global _run_redactor
+    with _lock:
+        new = [s for s in secrets if s and not _run_redactor.knows(s)]
+        if new:
+            _run_redactor = _run_redactor.with_secrets(new)
+        install_log_redaction()
+        return _run_redactor
+
+
+def run_redactor() -> Redactor:
+    """The redactor holding every secret registered in this process (URL passwords even with none)."""
+    return _run_redactor
+
+
+def redact(text: object) -> str:
+    """``text`` (any object, as ``str()`` renders it) with every registered secret and URL password masked."""
+    return _run_redactor(str(text))
+
+
+def redact_data(value: object) -> object:
+    """Every string inside ``value`` (lists, dicts, tuples) redacted; other values as they are."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_data(v) for v in value)
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter: the record's message, arguments and traceback text leave with secrets masked.
+
+    It sits on handlers, not loggers, because a logger's filters never see what its children
+    propagate; a handler sees every record it writes, whichever logger made it."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactor = _run_redactor
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call (wrong argument count): its raw parts, still redacted
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redactor(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redactor(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redactor(record.stack_info)
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction() -> None:
+    """Put the filter on every handler of every logger there is (Prefect's API and console handlers,
+    the root's); idempotent. Called by ``register``; handlers made later need another call."""
+    loggers: list[logging.Logger] = [logging.getLogger()]
+    loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)

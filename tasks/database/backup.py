@@ -15,12 +15,12 @@ import time
 from datetime import datetime
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.database import PostgresDatabase
 from blocks.database.errors import pg_tool_error, postgres_errors
+from tasks.core.artifacts import markdown_artifact
 from tasks.core.errors import TemporaryError, retry_if_temporary
 from tasks.core.models import utcnow
 from tasks.database import tools as pg_tools
@@ -32,6 +32,7 @@ from tasks.database.manifest import (
     snapshot_connection,
     table_manifests,
 )
+from tasks.database.retention import backup_description
 from tasks.database.storage import copy_stream, discard, free_name, human_size, prune_backups
 
 
@@ -42,6 +43,8 @@ class BackupResult(BaseModel):
     dump_file: str
     manifest_file: str
     storage: str
+    # Its database's directory in the storage; "" for the flat layout of earlier releases.
+    namespace: str = ""
     created_at: datetime
     run_label: str = ""
     size_bytes: int
@@ -121,6 +124,7 @@ def backup_database(database: PostgresDatabase, run_label: str = "", checksums: 
         dump_file=dump_file,
         manifest_file=manifest_file,
         storage=store.describe(),
+        namespace=store.namespace,
         created_at=created,
         run_label=run_label,
         size_bytes=local.with_name(dump_file).stat().st_size if local else counter[0],
@@ -142,9 +146,9 @@ def backup_database(database: PostgresDatabase, run_label: str = "", checksums: 
         result.pruned or "nothing",
     )
     rows = "\n".join(f"| `{t}` | {m.rows:,} | `{m.checksum}` |" for t, m in tables.items())
-    create_markdown_artifact(
+    markdown_artifact(
         key="database-backup",
-        description=f"Backup {name}",
+        description=backup_description(name),  # read back by retention: a live run's backup is kept
         markdown=(
             f"# Database backup `{name}`\n\n{run_label}\n\n| | |\n|---|---|\n| Database | `{database.dbname}` |\n"
             f"| Stored | {result.storage} `{dump_file}` + `{manifest_file}` |\n| Size | {human_size(result.size_bytes)} |\n"  # noqa: E501

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import psycopg
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
 
 from blocks.database import PostgresDatabase
+from tasks.core.artifacts import table_artifact
 from tasks.core.errors import PermanentError, TemporaryError, one_line
 from tasks.core.models import CheckResult, GateReport, Verdict, utcnow
 from tasks.core.stages import Stage
@@ -99,7 +99,7 @@ def check_data_integrity(
             )
     except (OSError, ValueError, NotImplementedError, PermanentError, TemporaryError) as exc:
         add("backups succeeding", Verdict.FAIL, f"{type(exc).__name__}: {exc}")
-    create_table_artifact(
+    table_artifact(
         key="data-integrity",
         description=report.summary(),
         table=[c.model_dump(include={"name", "verdict", "detail"}) for c in report.checks],

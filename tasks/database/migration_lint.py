@@ -12,9 +12,9 @@ database's ``schema_migrations`` version are pending. Each is
 
 A contract or dangerous migration needs the run's ``allow_migrations=[...]``; without it the build
 fails, before the backup, naming the migration and the rule. The classification follows those
-definitions literally: a constraint that makes writers send more (``SET NOT NULL``, a required
-column) removes and renames nothing, so it stays expand unless its lock is on a large table; the
-linter's finding (``adding-not-nullable-field``, ``adding-required-field``) still says so.
+expand/contract pattern: a constraint that makes writers send more (``SET NOT NULL``, a required
+column) breaks the previous release's writes, so it is contract (dangerous when its lock is on a
+large table), and a rollback must restore the backup after it.
 
 Nothing here runs the migrations, and the database is only read (one read-only snapshot). The
 SQL is data: squawk reads it on stdin with its comments blanked (so ``-- squawk-ignore`` in the
@@ -37,13 +37,12 @@ from shutil import which
 
 import psycopg
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks.database import PostgresDatabase
 from blocks.database.errors import postgres_errors
-from tasks.core.artifacts import in_task_run
+from tasks.core.artifacts import in_task_run, markdown_artifact
 from tasks.core.errors import PermanentError, one_line
 from tasks.core.migration_review import (
     ClassReason,
@@ -210,7 +209,7 @@ def _alter_reasons(cmd, relation, stats: TableStats | None, schema: _Schema, n: 
             return [
                 reason(
                     "adds-required-column",
-                    MigrationClass.EXPAND,
+                    MigrationClass.CONTRACT,
                     f"{table}.{column.colname} is NOT NULL without a default: writers that do not set it fail",
                 )
             ]
@@ -254,7 +253,7 @@ def _alter_reasons(cmd, relation, stats: TableStats | None, schema: _Schema, n: 
         return [
             reason(
                 "tightens-not-null",
-                MigrationClass.EXPAND,
+                MigrationClass.CONTRACT,
                 f"{table}.{cmd.name} becomes NOT NULL: writers that leave it empty fail",
             )
         ]
@@ -614,7 +613,7 @@ def review_migrations(
         f"; allow_migrations names no pending migration: {unknown}" if unknown else "",
     )
     if in_task_run():
-        create_markdown_artifact(
+        markdown_artifact(
             key="migration-review",
             description=result.summary()[:500],
             markdown=f"# Migration review (before anything ran)\n\n{result.markdown()}\n",
@@ -656,7 +655,7 @@ def measure_migration_effect(database: PostgresDatabase, migrations: MigrationRe
     result = migrations.model_copy(update={"effect": effect})
     logger.info("migration effect: %s", effect.summary())
     if in_task_run():
-        create_markdown_artifact(
+        markdown_artifact(
             key="migration-effect",
             description=effect.summary()[:500],
             markdown=f"# Migrations: what they did to the data\n\n{result.markdown()}\n",

@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
 from blocks.database import PostgresDatabase
+from tasks.core.artifacts import table_artifact
 from tasks.core.models import Verdict
 from tasks.database.manifest import schema_version
 
@@ -77,7 +77,7 @@ def verify_schema(database: PostgresDatabase, expected_version: int) -> Migratio
         detail=detail,
     )
     logger.info("verify_schema: %s", detail)
-    create_table_artifact(
+    table_artifact(
         key="schema-migrations",
         description=f"{detail} ({database.dbname})",
         table=[

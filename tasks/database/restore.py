@@ -12,12 +12,12 @@ from enum import StrEnum
 
 import psycopg
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.database import PostgresDatabase
 from blocks.database.errors import postgres_errors
+from tasks.core.artifacts import markdown_artifact
 from tasks.core.errors import retry_if_temporary
 from tasks.core.migration_review import MigrationReview
 from tasks.database import tools as pg_tools
@@ -136,7 +136,7 @@ def restore_database(database: PostgresDatabase, backup: BackupResult) -> Restor
         else f"**Restore FAILED; the transaction was rolled back and the database is unchanged** "
         f"(schema version {after}).\n\n```\n{failure}\n```\n\nThe restore would have discarded {lost:,} rows"
     )
-    create_markdown_artifact(
+    markdown_artifact(
         key="database-restore",
         description=f"Restore of {backup.name}",
         markdown=(

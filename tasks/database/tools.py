@@ -17,6 +17,7 @@ from typing import Any
 from blocks.database import BackupStorage, PostgresDatabase
 from blocks.database.errors import PSQL_CONNECTION_LOST, pg_tool_error, pg_tool_message
 from tasks.core.errors import DeployError
+from tasks.core.redaction import redact
 from tasks.database.manifest import SYSTEM_SCHEMAS, table_key
 from tasks.database.storage import copy_stream_quietly
 
@@ -32,7 +33,10 @@ class ToolExit:
 
     tool: str
     exit_code: int
-    stderr: str
+    stderr: str  # redacted as it is made: stderr can quote a connection string
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stderr", redact(self.stderr))
 
     def __str__(self) -> str:
         return pg_tool_message(self.tool, self.exit_code, self.stderr)
@@ -62,7 +66,7 @@ def archive_tables(database: PostgresDatabase, store: BackupStorage, dump_file: 
             err.seek(0)
             out = subprocess.CompletedProcess(argv, code, stdout.decode(), err.read().decode(errors="replace"))
     if out.returncode != 0:
-        raise pg_tool_error("pg_restore --list", out.returncode, out.stderr)
+        raise pg_tool_error("pg_restore --list", out.returncode, redact(out.stderr))
     # TOC lines look like: "3345; 0 16390 TABLE DATA public events architect"
     return {
         table_key(m.group(1), m.group(2))

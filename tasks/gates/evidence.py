@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-from prefect.artifacts import create_table_artifact
 
 from blocks.environment import StagingEnvironment
-from tasks.core.artifacts import in_task_run
+from tasks.core.artifacts import in_task_run, table_artifact
 from tasks.core.models import CheckResult, GateReport
 from tasks.core.redaction import Redactor
 
@@ -24,7 +23,7 @@ def publish_table(report: GateReport, key: str, columns: Callable[[CheckResult],
     """The gate's table artifact; only inside a task run (a plain ``.fn`` call has no run to attach it to)."""
     if not in_task_run():
         return
-    create_table_artifact(table=[columns(c) for c in report.checks], key=key, description=f"{report.summary()}")
+    table_artifact(table=[columns(c) for c in report.checks], key=key, description=f"{report.summary()}")
 
 
 def environment_secrets(environment: StagingEnvironment) -> list[str]:

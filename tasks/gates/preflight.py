@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import httpx
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from blocks.environment import StagingEnvironment
+from tasks.core.artifacts import table_artifact
 from tasks.core.models import CheckResult, GateReport, Verdict
 from tasks.core.stages import Stage
 
@@ -78,7 +78,7 @@ def run_preflight(
     for check in checks:
         logger.info("preflight %s: %s %s", check.name, check.verdict.value, check.detail)
     report = GateReport(stage=Stage.PREFLIGHT, checks=checks)
-    create_table_artifact(
+    table_artifact(
         key="preflight",
         table=[
             {"check": c.name, "verdict": c.verdict.value, "required": c.required, "detail": c.detail} for c in checks

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
@@ -24,8 +23,10 @@ from pydantic import BaseModel, Field
 from blocks.database import PostgresDatabase
 from blocks.docker.client import DockerConnection
 from blocks.registry import ImageRegistry
+from tasks.core.artifacts import table_artifact
 from tasks.core.errors import PermanentError, TemporaryError, one_line, retry_if_temporary
 from tasks.core.models import BuildResult
+from tasks.core.redaction import redact
 from tasks.core.stages import Stage
 from tasks.database.migration_lint import review_migrations
 
@@ -90,25 +91,31 @@ def _run_code_under_review(args: list[str], cwd: str, timeout: float = 600) -> s
         ) from exc
 
 
+def _tail(output: str, chars: int) -> str:
+    """The end of a tool's output, as an error may quote it: secrets cut out before it is shortened,
+    so a cut can never leave half a secret unmatched."""
+    return redact(output.strip())[-chars:]
+
+
 @task(cache_policy=NO_CACHE)
 def checkout_source(app_repo: str, git_ref: str, workspace: str) -> SourceCheckout:
     """Clone ``app_repo`` into a fresh ``workspace`` and check out ``git_ref`` (detached)."""
     logger = get_run_logger()
     dest = Path(workspace) / "src"
-    logger.info("git clone %s at %s", app_repo, git_ref)
+    logger.info("git clone %s at %s", redact(app_repo), git_ref)
     cloned = _run(["git", "clone", "--quiet", "--no-checkout", "--", app_repo, str(dest)], timeout=300)
     if cloned.returncode:
-        raise TemporaryError(f"git clone of {app_repo} failed: {cloned.stderr.strip()[-500:]}", stage=Stage.BUILD)
+        raise TemporaryError(f"git clone of {redact(app_repo)} failed: {_tail(cloned.stderr, 500)}", stage=Stage.BUILD)
     # "--end-of-options" keeps a ref from ever being read as an option, whatever slipped past validation.
     resolved = _run(["git", "rev-parse", "--verify", "--end-of-options", f"{git_ref}^{{commit}}"], cwd=dest)
     if resolved.returncode:
         resolved = _run(["git", "rev-parse", "--verify", "--end-of-options", f"origin/{git_ref}^{{commit}}"], cwd=dest)
     if resolved.returncode:
-        raise PermanentError(f"git ref {git_ref!r} does not exist in {app_repo}", stage=Stage.BUILD)
+        raise PermanentError(f"git ref {git_ref!r} does not exist in {redact(app_repo)}", stage=Stage.BUILD)
     commit = resolved.stdout.strip()
     checked = _run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit], cwd=dest)
     if checked.returncode:
-        raise PermanentError(f"git checkout {commit} failed: {checked.stderr.strip()[-500:]}", stage=Stage.BUILD)
+        raise PermanentError(f"git checkout {commit} failed: {_tail(checked.stderr, 500)}", stage=Stage.BUILD)
     version_file = dest / "VERSION"
     return SourceCheckout(
         path=str(dest),
@@ -147,7 +154,7 @@ def run_go_tests(source: SourceCheckout) -> GoTestReport:
     logger.info("go test ./... -cover in %s", source.commit[:12])
     result = _run_code_under_review(["go", "test", "-json", "-cover", "./..."], cwd=source.path, timeout=900)
     report = parse_go_test_json(result.stdout)
-    create_table_artifact(
+    table_artifact(
         key="build-tests",
         table=[
             {
@@ -165,7 +172,7 @@ def run_go_tests(source: SourceCheckout) -> GoTestReport:
         failed = [
             f"{p.package}: {', '.join(p.failed) or 'build failed'}" for p in report.packages if p.status == "fail"
         ]
-        detail = "; ".join(failed) or result.stderr.strip()[-500:]
+        detail = redact("; ".join(failed)) or _tail(result.stderr, 500)
         raise PermanentError(f"go test failed: {detail}", stage=Stage.BUILD, result=report)
     return report
 
@@ -181,7 +188,7 @@ def build_binary(source: SourceCheckout, version: str, build_time: str) -> str:
         cwd=source.path,
     )
     if result.returncode:
-        raise PermanentError(f"go build failed: {result.stderr.strip()[-800:]}", stage=Stage.BUILD)
+        raise PermanentError(f"go build failed: {_tail(result.stderr, 800)}", stage=Stage.BUILD)
     return str(Path(source.path) / BINARY)
 
 
@@ -217,7 +224,7 @@ def push_image(builder: DockerConnection, registry: ImageRegistry, version: str)
             repository, tag=version, stream=True, decode=True, auth_config=registry.auth_config()
         ):
             if "error" in event:  # the registry's refusal, relayed in the stream: a restarting registry says so too
-                raise TemporaryError(f"docker push failed: {one_line(event['error'])}", stage=Stage.BUILD)
+                raise TemporaryError(f"docker push failed: {redact(one_line(event['error']))}", stage=Stage.BUILD)
             digest = (event.get("aux") or {}).get("Digest", digest)
     if not digest:
         raise TemporaryError("docker push reported no digest", stage=Stage.BUILD)
@@ -235,7 +242,7 @@ def verify_image(builder: DockerConnection, pinned: str, version: str, commit: s
     output = output.decode().strip()
     if version not in output or commit[:7] not in output:
         raise PermanentError(
-            f"the pushed image reports {output!r}, expected {version} at {commit[:7]}", stage=Stage.BUILD
+            f"the pushed image reports {redact(output)!r}, expected {version} at {commit[:7]}", stage=Stage.BUILD
         )
     match = re.search(r"schema (\d+)", output)
     return int(match.group(1)) if match else None

@@ -5,21 +5,25 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+import httpx
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from pydantic import BaseModel
 
 from blocks.target import DeployTarget
+from tasks.core.artifacts import markdown_artifact, table_artifact
 from tasks.core.errors import PermanentError, RolloutFailed, retry_if_temporary
-from tasks.core.models import DeployPlan, OneOffResult, Revision, RolloutResult
+from tasks.core.migration_review import MigrationReview
+from tasks.core.models import CheckResult, DeployPlan, GateReport, OneOffResult, Revision, RolloutResult, Verdict
 from tasks.core.stages import Stage
+from tasks.database.pending import list_pending_migrations_read_only
 
 LOG_LINES_IN_REPORT = 60
 
 
 def _report_rollout(key: str, title: str, result: RolloutResult) -> None:
-    create_table_artifact(
+    table_artifact(
         key=key,
         table=[r.model_dump(include={"name", "image", "ready", "detail"}) for r in result.replicas]
         or [{"name": "(none running)", "image": "", "ready": False, "detail": ""}],
@@ -34,7 +38,7 @@ def _report_rollout(key: str, title: str, result: RolloutResult) -> None:
             f"### {name}\n```\n" + "\n".join(text.splitlines()[-LOG_LINES_IN_REPORT:]) + "\n```"
             for name, text in result.logs.items()
         ]
-        create_markdown_artifact(
+        markdown_artifact(
             key=f"{key}-logs",
             markdown=f"## {title} failed: {result.reason}\n\n" + "\n\n".join(sections),
             description="Logs of the replicas that failed",
@@ -79,6 +83,78 @@ def roll_back_release(
     return result
 
 
+class ReleaseRemoval(BaseModel):
+    """A release with nothing to go back to, taken down (a failed or rejected first deploy)."""
+
+    replicas: int  # serving when the removal began
+    urls: list[str]  # where its replicas answered, checked afterwards to serve nothing
+    detail: str  # what the target says it did
+
+
+def _serving(target: DeployTarget) -> int:
+    try:
+        return sum(s.running for s in target.replica_states())
+    except NotImplementedError:  # a target without replica states lists one URL per running replica (Docker)
+        return len(target.replica_urls())
+
+
+# Idempotent (a replica already gone is fine), so an engine that is briefly away is waited out.
+@task(cache_policy=NO_CACHE, retries=5, retry_delay_seconds=10, retry_condition_fn=retry_if_temporary)
+def remove_release(target: DeployTarget, timeout_s: float) -> ReleaseRemoval:
+    """No earlier revision to roll back to: stop serving the release at all (Docker removes its
+    containers, Kubernetes scales its Deployment to zero)."""
+    logger = get_run_logger()
+    urls, replicas = target.replica_urls(), _serving(target)
+    logger.info("no earlier revision: removing the release (%d replicas serving)", replicas)
+    detail = target.remove_release(timeout_s)
+    logger.info("release removed: %s", detail)
+    return ReleaseRemoval(replicas=replicas, urls=urls, detail=detail)
+
+
+def _still_answers(url: str, health_path: str) -> str | None:
+    """What ``url`` answered healthy, or None when it serves nothing (refused, or not 200)."""
+    try:
+        response = httpx.get(url.rstrip("/") + health_path, timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    return f"{health_path} answered {response.status_code}" if response.status_code == 200 else None
+
+
+@task(cache_policy=NO_CACHE)
+def verify_release_removed(target: DeployTarget, removal: ReleaseRemoval) -> GateReport:
+    """The check after a removal: there are no replicas to be healthy, so it asks the opposite: the
+    target runs no replica of the app, and none of the replica URLs the release served on answers
+    healthy. A URL the target still lists afterwards is a configured address (Kubernetes'
+    ``reachable_replica_urls``), not a replica: there the replica states decide. The load balancer
+    is not asked: with nothing behind it, its answer says nothing of the target."""
+    report = GateReport(stage=Stage.HEALTH)
+    left, still_listed = _serving(target), set(target.replica_urls())
+    report.checks.append(
+        CheckResult(
+            name="replicas left",
+            verdict=Verdict.PASS if left == 0 else Verdict.FAIL,
+            detail=f"{left} replica(s) still running after the removal ({removal.detail})",
+        )
+    )
+    health_path = getattr(target, "health_path", "/health")
+    for url in [u for u in removal.urls if u not in still_listed]:
+        answered = _still_answers(url, health_path)
+        report.checks.append(
+            CheckResult(
+                name=f"replica {url}",
+                verdict=Verdict.FAIL if answered else Verdict.PASS,
+                detail=f"still serving: {answered}" if answered else "serves nothing",
+                request=f"GET {health_path}",
+            )
+        )
+    table_artifact(
+        key="rollback-removal",
+        table=[c.model_dump(include={"name", "verdict", "detail"}) for c in report.checks],
+        description=f"Removal of a release with no earlier revision: {report.summary()}",
+    )
+    return report
+
+
 def _status_json(logs: str) -> dict:
     """The JSON line of `migrate status --json` among the one-off's log lines."""
     for line in reversed(logs.splitlines()):
@@ -116,7 +192,7 @@ def plan_release(target: DeployTarget, image: str, version: str, env: Mapping[st
     sections = [
         f"### {o.kind} {o.name}: {o.action}\n" + (f"```diff\n{o.diff}\n```" if o.diff else "") for o in plan.objects
     ]
-    create_markdown_artifact(
+    markdown_artifact(
         key="dry-run-diff",
         markdown=f"## Dry run of {version}\n\n{len(plan.changes)} of {len(plan.objects)} objects would change.\n\n"
         + "\n\n".join(sections),
@@ -125,26 +201,11 @@ def plan_release(target: DeployTarget, image: str, version: str, env: Mapping[st
     return plan
 
 
-@task(cache_policy=NO_CACHE)
-def list_pending_migrations(target: DeployTarget, image: str, env: Mapping[str, str]) -> list[dict]:
-    """The NEW image's `migrate status --json` as a one-off on ``target``: the build engine's
-    (``StagingEnvironment.builder_target``), since a dry run must not write the deploy target's
-    Secret or create anything there."""
-    get_run_logger().info("migrate status --json from %s on %s", image, target.get_block_type_slug())
-    status = target.run_one_off(image, ["migrate", "status", "--json"], env, 60)
-    pending = _status_json(status.logs).get("pending", [])
-    create_table_artifact(
-        key="dry-run-migrations",
-        table=pending or [{"version": "", "name": "(none pending)"}],
-        description="Migrations a deploy would apply",
-    )
-    return pending
-
-
 def plan_dry_run(
-    target: DeployTarget, builder: DeployTarget, image: str, version: str, env: Mapping[str, str]
+    target: DeployTarget, image: str, version: str, env: Mapping[str, str], migrations: MigrationReview | None
 ) -> DeployPlan:
-    """The whole dry run: what a deploy would change on ``target``, and which migrations the image
-    would run (asked on ``builder``, the build engine, so nothing is created on the target)."""
+    """The whole dry run: what a deploy would change on ``target``, and which migrations it would
+    apply, from the build's review of the release's migration files: the new, unreviewed image is
+    never run, so it never sees the database password."""
     plan = plan_release(target, image, version, env)
-    return plan.model_copy(update={"pending_migrations": list_pending_migrations(builder, image, env)})
+    return plan.model_copy(update={"pending_migrations": list_pending_migrations_read_only(migrations)})

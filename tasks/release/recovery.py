@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tasks.core.errors import GateFailed
+from tasks.core.errors import BackupMissing, GateFailed
 from tasks.core.stages import Effect, Stage
 from tasks.database.backup import BackupResult
 from tasks.notify import SlackMessage
@@ -37,7 +37,8 @@ class Messages(Protocol):
 def recover_abandoned_run(journal: JournalOfOthers, notifier: Messages, rollback: Callable[..., Any]) -> str:
     """Undo the run whose journal is open, if there is one (the caller holds the lock it held).
 
-    ``rollback`` is the rollback subflow with its environment and restore policy bound. Returns
+    ``rollback`` is the rollback subflow with its environment and restore policy bound
+    (``flows.rollback.bound_rollback``); it is given the dead run's frozen configuration. Returns
     what the run's final message adds ("" when no journal was open); raises GateFailed when the
     rollback left the environment unhealthy.
     """
@@ -48,16 +49,37 @@ def recover_abandoned_run(journal: JournalOfOthers, notifier: Messages, rollback
     notifier.reply(f"⚠️ found a half-finished deploy: {abandoned.describe()}; rolling it back first")
     closed = journal.close_abandoned_run(abandoned)
     journal.remove_workspaces(abandoned)
-    backup = journal.load_backup(abandoned) if Effect.DATABASE in abandoned.changed else None
+    missing = ""
+    try:
+        backup = journal.load_backup(abandoned) if Effect.DATABASE in abandoned.changed else None
+    except BackupMissing as exc:  # the app is still rolled back; the database cannot be
+        backup, missing = None, str(exc)
+    # The dead run's own configuration, as it started; its build's migration review died with it,
+    # so the restore policy falls back to comparing schema versions. An entry from before runs
+    # froze their configuration carries none: then the rollback keeps the one bound to it.
+    frozen = {"config": abandoned.config, "migrations": None} if abandoned.config is not None else {}
     report = rollback(
-        abandoned.previous, abandoned.stage, abandoned.describe(), backup, undo_app=Effect.APP in abandoned.changed
+        abandoned.previous,
+        abandoned.stage,
+        abandoned.describe(),
+        backup,
+        undo_app=Effect.APP in abandoned.changed,
+        **frozen,
     )
+    if missing:
+        report = report.model_copy(update={"database": f"NOT restored: {missing}"})
     journal.close()
     notifier.reply(f"↩️ recovered from the half-finished deploy ({closed}): {report.summary()}")
     if abandoned.slack_message:  # its run can no longer say how it ended
         notifier.overwrite(
             abandoned.slack_message,
             f"💀 {abandoned.describe()}: its process died. Rolled back by run {this_run}: {report.summary()}",
+        )
+    if missing:
+        raise GateFailed(
+            f"the half-finished deploy of {abandoned.version} was rolled back, but its database was NOT "
+            f"restored: {missing}",
+            stage=Stage.PREFLIGHT,
         )
     if not report.healthy:
         raise GateFailed(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prefect.artifacts import create_table_artifact
+from tasks.core.artifacts import table_artifact
 
 
 def publish_stage_timings(timings: Mapping[object, float]) -> None:
-    create_table_artifact(
+    table_artifact(
         key="stage-timings",
         description="How long each stage took",
         table=[{"stage": str(stage), "seconds": seconds} for stage, seconds in timings.items()],

@@ -15,14 +15,15 @@ a convenience for them: the flow checks against its own memory, never against th
 
 from __future__ import annotations
 
+import contextvars
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterId, ArtifactFilterKey
@@ -37,6 +38,7 @@ from pydantic import Field, ValidationError
 
 from blocks.approvers import Approver, Role
 from blocks.environment import StagingEnvironment
+from tasks.core.artifacts import markdown_artifact
 from tasks.core.errors import GateFailed, InvalidInput
 from tasks.core.migration_review import MigrationReview
 from tasks.core.models import BuildResult, GateReport, utcnow
@@ -66,6 +68,7 @@ STAGE = Stage.SIGN_OFF
 ARTIFACT_KEY = "sign-off"
 LEDGER_PREFIX = "sign-off-ledger"
 POLL_INTERVAL_S = 0.5  # how soon a resume is noticed: a lead's click shows in Slack within about a second
+GUARD_INTERVAL_S = 2.0  # how often the wait asks its guard (the release watch) whether the release is still fine
 REMINDERS = (0.5, 0.9)  # fractions of the timeout at which Slack is reminded
 
 
@@ -129,7 +132,7 @@ def save_ledger(ledger: Ledger) -> None:
 def publish_signoff_document(record: SignOffRecord) -> UUID:
     """The filled sign-off document as the markdown artifact ``sign-off``."""
     get_run_logger().info("Prefect API: publishing the sign-off document (%s)", record.outcome)
-    return create_markdown_artifact(
+    return markdown_artifact(
         markdown=record.document(), key=ARTIFACT_KEY, description=f"Sign-off of {record.version}: {record.outcome}"
     )
 
@@ -276,13 +279,16 @@ def collect_signoffs(
     poll_interval_s: float = POLL_INTERVAL_S,
     policy: SignOffPolicy | None = None,
     context: ReleaseContext | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> SignOffRecord:
     """Pause the flow run until the four leads approve with verified proof; call it from the flow itself.
 
     ``policy`` is the one the run froze when it started (``freeze_policy``); without it, the
     environment the run loaded then. Raises GateFailed (stage "sign-off") on a rejection or when
     ``timeout_s`` passes; the run is Running again by then, so the flow can roll back. Publishes
-    the sign-off document either way.
+    the sign-off document either way. ``guard`` (the release watch's check) is called every
+    ``GUARD_INTERVAL_S`` while paused and once more before approving; when it raises, the wait
+    ends the same way, with its reason.
     """
     logger = get_run_logger()
     flow_run_id = get_run_context().flow_run.id
@@ -364,14 +370,8 @@ def collect_signoffs(
             logger.info(
                 "Waiting for sign-off %d/4 (pause %s, %.0f s left)", len(ledger.signed), ledger.pause_key, remaining
             )
-            try:  # _sync: Prefect would hand back a coroutine if this thread ran an event loop
-                entry = pause_flow_run(
-                    wait_for_input=form,
-                    timeout=remaining,
-                    poll_interval=poll_interval_s,
-                    key=ledger.pause_key,
-                    _sync=True,
-                )
+            try:
+                entry, failed = _watched_pause(form, remaining, poll_interval_s, ledger.pause_key, guard, flow_run_id)
             except FlowPauseTimeout:
                 _resume_after_timeout(flow_run_id)
                 break
@@ -385,6 +385,9 @@ def collect_signoffs(
                     f"the form did not validate: {exc.errors()[0]['msg']}",
                 )
                 continue
+            if failed is not None:
+                record.signoffs = list(ledger.signed)
+                return _end(record, notifier, "aborted", f"not signed off: {_guard_reason(failed)}")
             _check_evidence(record, ledger, summaries, notifier, logger)
             verified, reason = _verify(entry, checker, ledger, policy)
             if reason:
@@ -432,7 +435,92 @@ def collect_signoffs(
             f"not signed off: timed out after {human_duration(timeout_s)} with {len(ledger.signed)}/4 signed "
             f"(missing: {', '.join(r.value for r in ledger.missing)})",
         )
+    if (failed := _guard_failure(guard)) is not None:  # signed, but the release went bad meanwhile
+        return _end(record, notifier, "aborted", f"not signed off: {_guard_reason(failed)}")
     return _end(record, notifier, "approved", "")
+
+
+# -- the guard: the release watched while the leads look at it -------------------------------
+
+
+def _guard_failure(guard: Callable[[], None] | None) -> Exception | None:
+    if guard is None:
+        return None
+    try:
+        guard()
+    except Exception as exc:  # whatever the guard raises ends the wait; the flow rolls back
+        return exc
+    return None
+
+
+def _guard_reason(failure: Exception) -> str:
+    return f"the release went bad while waiting for sign-off: {failure}"
+
+
+def _watched_pause(
+    form, timeout_s: float, poll_interval_s: float, key: str, guard: Callable[[], None] | None, flow_run_id: UUID
+) -> tuple[SignOffInput | None, Exception | None]:
+    """One pause, with ``guard`` asked every few seconds meanwhile: (the entry, None) when a lead
+    resumed it, (None, what the guard raised) when the guard failed first. Prefect's pause blocks
+    in its own poll loop, so a thread asks the guard and, once it fails, takes the run out of the
+    pause (a forced Running, as after the timeout); what the pause then reads is ignored."""
+    if (failed := _guard_failure(guard)) is not None:
+        return None, failed
+    with _PauseGuard(guard, flow_run_id) as watch:
+        try:  # _sync: Prefect would hand back a coroutine if this thread ran an event loop
+            entry = pause_flow_run(
+                wait_for_input=form, timeout=timeout_s, poll_interval=poll_interval_s, key=key, _sync=True
+            )
+        except Exception:
+            if watch.failure is None:
+                raise
+            return None, watch.failure
+    return (None, watch.failure) if watch.failure is not None else (entry, None)
+
+
+class _PauseGuard:
+    """A thread that calls ``guard`` every ``GUARD_INTERVAL_S`` while the run is paused. On its first
+    failure it keeps the run out of the pause (forcing Running whenever it finds it Paused, for
+    the pause may not have begun yet) until the pause returns; a cancelled run is left alone."""
+
+    def __init__(self, guard: Callable[[], None] | None, flow_run_id: UUID, interval_s: float = GUARD_INTERVAL_S):
+        self.guard, self.flow_run_id, self.interval_s = guard, flow_run_id, interval_s
+        self.failure: Exception | None = None
+        self._done = threading.Event()
+        # The run's context (its Prefect settings and client) in the thread too.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._run,), name="signoff-guard", daemon=True
+        )
+
+    def __enter__(self) -> _PauseGuard:
+        if self.guard is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        # Once failed, as often as the pause itself polls: it may be proposed only now.
+        while not self._done.wait(self.interval_s if self.failure is None else POLL_INTERVAL_S):
+            if self.failure is None:
+                self.failure = _guard_failure(self.guard)
+            if self.failure is not None:
+                try:
+                    _end_pause(self.flow_run_id, f"{self.failure}"[:200])
+                except Exception as exc:  # the API away a moment: try again on the next round
+                    get_run_logger().warning("Could not end the sign-off pause yet: %s", type(exc).__name__)
+
+
+def _end_pause(flow_run_id: UUID, why: str) -> None:
+    """Take a paused run out of its pause so the flow can roll back; never one being cancelled."""
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+        if state is None or not state.is_paused():
+            return
+        client.set_flow_run_state(flow_run_id, Running(message=f"release went bad: {why}; rolling back"), force=True)
 
 
 def _verify(
@@ -566,15 +654,25 @@ def sign_off_release(
     notifier: RunNotifier | None,
     *,
     policy: SignOffPolicy | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> SignOffRecord:
     """The sign-off stage: the gates linked to their reports, the figures, and the leads' wait.
 
     Pass ``policy`` as frozen by ``freeze_policy`` when the run started; without it, the policy
-    of ``environment`` (the block as the run loaded it at its start).
+    of ``environment`` (the block as the run loaded it at its start). ``guard`` (the release
+    watch's check) ends the wait when it raises (see ``collect_signoffs``).
     """
     load_gate = GateSummary(stage=Stage.LOAD, verdict=str(load.verdict), summary=load.reason)
     linked = link_gates([*gates, load_gate], GATE_ARTIFACTS)
     context = release_context(gates, load, release.migrations)
     return collect_signoffs(
-        environment, release, linked, performance_figures(load), timeout_s, notifier, policy=policy, context=context
+        environment,
+        release,
+        linked,
+        performance_figures(load),
+        timeout_s,
+        notifier,
+        policy=policy,
+        context=context,
+        guard=guard,
     )

@@ -6,13 +6,17 @@
         ...  # http://127.0.0.1:<port>; emulator.dump() shows every object, emulator.job_runs() every Job run
 
 It serves plain HTTP on 127.0.0.1 (a free port): discovery, a minimal OpenAPI v3 index,
-namespaces, secrets, configmaps, services, pods (+ log), events, deployments, replicasets, jobs;
+namespaces, secrets, configmaps, services, ingresses, pods (+ log), events, deployments,
+replicasets, jobs;
 GET/LIST with label and field selectors, POST, PUT, PATCH (JSON, merge, strategic merge,
 server-side apply that creates), DELETE with propagation, ``dryRun=All``, watches with
 ``timeoutSeconds``; uid/resourceVersion/generation/creationTimestamp bookkeeping. A fake control
 plane (``cluster.py``) plays the Deployment, ReplicaSet and Job controllers and the kubelet;
 pod behaviour is chosen by the image reference (``crash``, ``nopull``, ``stuck``, ``failmigrate`` or
-``badmigration``).
+``badmigration``); ``emulator.restart_container(namespace, pod)`` restarts a healthy pod's container
+once (restartCount up). Scaling is a write of ``spec.replicas`` (the ``scale`` subresource is not
+served); ConfigMaps and Ingresses are stored objects only: nothing reads them (no ingress
+controller, no pod sees a ConfigMap's values), so a test checks what is stored, not its effect.
 
 What it cannot show, so tests against it prove nothing about these:
 
@@ -82,6 +86,10 @@ class Emulator:
 
     def dump(self) -> dict[str, dict]:
         return self.store.dump()
+
+    def restart_container(self, namespace: str, pod: str) -> int:
+        """Restart ``pod``'s container once (see ``FakeCluster.restart_container``); its new restartCount."""
+        return self.cluster.restart_container(namespace, pod)
 
     def job_runs(self) -> list[dict]:
         """Every Job the fake Job controller started (image, args, outcome), deleted ones included."""

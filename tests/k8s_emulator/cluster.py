@@ -15,8 +15,11 @@ Pods' behaviour by image reference: ``crash`` → CrashLoopBackOff with a growin
 ``nopull`` → ErrImagePull then ImagePullBackOff; ``stuck`` → running, never ready;
 ``failmigrate`` or ``badmigration`` (Job pods) → exit 1 with "migration 005 failed" (the
 v3.2.1-badmigration release's failure; nothing touches a database); anything else → ready after
-``ready_delay_s`` (Job pods: exit 0, logging the command). Events are recorded as a kubelet and
-controllers would (Scheduled, Pulled, Started, BackOff, Failed, Unhealthy, ScalingReplicaSet, ...).
+``ready_delay_s`` (Job pods: exit 0, logging the command). ``restart_container`` makes a healthy
+pod's container restart once, as a replica that dies after the health gate would (restartCount
+up, ``lastState.terminated``; the kubelet's back-off and the pod's brief unreadiness are skipped).
+Events are recorded as a kubelet and controllers would (Scheduled, Pulled, Started, BackOff,
+Failed, Unhealthy, ScalingReplicaSet, ...).
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ class FakeCluster:
         self.pod_started: dict[str, float] = {}  # pod uid -> monotonic creation time
         self.logs: dict[str, str] = {}  # pod uid -> log text
         self.progress_at: dict[str, float] = {}  # deployment uid -> last progress (monotonic)
+        # Restarts of healthy containers asked for by a test (restart_container): pod uid -> (count, when).
+        self.restarts: dict[str, tuple[int, str]] = {}
         # Every Job the controller saw, kept after the Job is deleted: {name, namespace, image, args, outcome}.
         self.job_runs: list[dict] = []
         self._stop = threading.Event()
@@ -288,6 +293,13 @@ class FakeCluster:
                 prior = pod.get("status", {}).get("containerStatuses") or [{}]
                 since = prior[0].get("state", {}).get("running", {}).get("startedAt", started)
                 cs.update(started=True, state={"running": {"startedAt": since}})
+                if uid in self.restarts:  # a test killed the container; the kubelet started it again
+                    count, when = self.restarts[uid]
+                    cs.update(
+                        restartCount=count,
+                        state={"running": {"startedAt": when}},
+                        lastState={"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": when}},
+                    )
                 status["phase"] = "Running"
                 self.logs[uid] = f"architect-api starting ({image})\nlistening on :8080\n"
                 if mode == "stuck":
@@ -313,6 +325,15 @@ class FakeCluster:
             cond["lastTransitionTime"] = kept["lastTransitionTime"] if same else now_rfc3339()
         pod["status"] = status
         self.store.put(POD, pod)
+
+    def restart_container(self, namespace: str, pod_name: str) -> int:
+        """The pod's container exits once and is started again at once (no back-off): its
+        restartCount goes up and lastState says it was killed. Returns the new count."""
+        with self.store.lock:
+            uid = self.store.get(POD, namespace, pod_name)["metadata"]["uid"]
+            count = self.restarts.get(uid, (0, ""))[0] + 1
+            self.restarts[uid] = (count, now_rfc3339())
+            return count
 
     def _available(self, pod: dict, min_ready_s: int) -> bool:
         ready = next((c for c in pod.get("status", {}).get("conditions") or [] if c["type"] == "Ready"), None)

@@ -78,6 +78,15 @@ RESOURCE_TYPES: list[ResourceType] = [
         categories=("all",),
     ),
     ResourceType(
+        "networking.k8s.io",
+        "v1",
+        "ingresses",
+        "Ingress",
+        short_names=("ing",),
+        subresources=("status",),
+        status_subresource=True,
+    ),
+    ResourceType(
         "batch",
         "v1",
         "jobs",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from sandbox import config
 from tests.support.app_state import good_release_problems, schema_version
+from tests.support.release_patches import RELEASES, added_files
 
 GOOD = ("v3.1.0", "3.1.0")
 GOOD_WITH_MIGRATION = ("v3.2.0", "3.2.0")
-MIGRATION_003_DOWN = config.REPO_ROOT / "sandbox" / "architect-api" / "migrations" / "003_event_severity.down.sql"
+MIGRATIONS_DIR = config.REPO_ROOT / "sandbox" / "architect-api" / "migrations"
 
 
 def deploy(git_ref: str, version: str | None, environment: str = "sandbox", **parameters):
@@ -38,18 +39,43 @@ def ensure_good_release(sandbox_env) -> str:
     return good
 
 
-def ensure_database_at_schema_2(database) -> None:
-    """The staging database as v3.1.0 left it: schema 2, migration 003 reverted if it was applied.
+def down_migrations() -> dict[tuple[int, str], str]:
+    """``(version, name) -> down SQL`` of every migration the suite's releases can apply: the app's
+    own and each release patch's (two releases may each have their own 004)."""
+    files = {f"migrations/{f.name}": f.read_text() for f in MIGRATIONS_DIR.glob("*.down.sql")}
+    for patch in sorted(RELEASES.glob("*.patch")):
+        files.update({path: sql for path, sql in added_files(patch.name).items() if path.endswith(".down.sql")})
+    downs = {}
+    for path, sql in files.items():
+        stem = path.removeprefix("migrations/").removesuffix(".down.sql")
+        version, _, name = stem.partition("_")
+        downs[(int(version), name)] = sql
+    return downs
 
-    The good release runs on schema 2 and 3 alike (003 only adds a defaulted column), so this is
-    safe while it serves. A schema above 3 is a migration this suite cannot undo: fail, naming it.
+
+def ensure_database_at_schema_2(database) -> None:
+    """The staging database as v3.1.0 left it: schema 2, every later migration reverted.
+
+    The good release runs on schema 2 and on the later schemas the suite leaves (each added
+    column is defaulted, each added table unused by it), so this is safe while it serves. Each
+    applied migration above 2 is reverted, newest first, with its own down file, found by its
+    version and name in schema_migrations; one the suite does not know fails, naming it.
     """
-    current = schema_version(database)
-    assert 2 <= current <= 3, f"the sandbox database is at schema {current}; only 2 and 3 can be set back to 2 here"
-    if current == 3:
+    with database.connect() as conn:
+        applied = (
+            conn.execute(
+                "SELECT version, name FROM schema_migrations WHERE version > 2 ORDER BY version DESC"
+            ).fetchall()
+            if schema_version(database) > 2
+            else []
+        )
+    downs = down_migrations() if applied else {}
+    unknown = [f"{v:03d}_{n}" for v, n in applied if (v, n) not in downs]
+    assert not unknown, f"the sandbox database has migrations this suite cannot revert: {unknown}"
+    for version, name in applied:
         with database.connect(autocommit=False) as conn:
-            conn.execute(MIGRATION_003_DOWN.read_text())
-            conn.execute("DELETE FROM schema_migrations WHERE version > 2")
+            conn.execute(downs[(version, name)])
+            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (version,))
             conn.commit()
     with database.connect() as conn:
         severity = conn.execute(

@@ -47,7 +47,21 @@ FAULTS = {
     "no_rate_limit",
     "replica_unhealthy",
     "login_500_echo",
+    "cors_prefix_match",
+    "cors_null",
+    "cors_wildcard_credentials",
+    "version_banner",
+    "html_errors",
+    "query_ignored",
+    "method_501",
 }
+# The query parameters each list takes (the real app refuses any other with 400).
+LIST_PARAMETERS = {
+    "/api/v1/events": {"limit", "offset", "severity"},
+    "/api/v1/errors": {"limit", "offset", "resolved"},
+    "/api/v1/notifications": {"limit", "offset"},
+}
+SEVERITIES = {"debug", "info", "warning", "error", "critical"}
 
 
 def make_tls(directory: Path, days: int = 365) -> tuple[Path, Path, Path]:
@@ -115,6 +129,7 @@ class App:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # header and body go out in two writes
+    server_version, sys_version = "fake-api", ""  # no "BaseHTTP/0.6 Python/3.x" banner
     server: Server
 
     def log_message(self, *args) -> None:  # keep pytest output clean
@@ -131,15 +146,22 @@ class Handler(BaseHTTPRequestHandler):
             text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         data = text.encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        html = "html_errors" in faults and status == 404
+        self.send_header("Content-Type", "text/html" if html else "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if "version_banner" in faults:
+            self.send_header("X-Powered-By", "fake-framework/2.4.1")
         if "no_nosniff" not in faults:
             self.send_header("X-Content-Type-Options", "nosniff")
         if self.server.tls and "no_hsts" not in faults:
             self.send_header("Strict-Transport-Security", "max-age=31536000")
         origin = self.headers.get("Origin")
-        if origin and (origin == ALLOWED_ORIGIN or "cors_reflect_any" in faults):
+        if "cors_wildcard_credentials" in faults and origin:
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Access-Control-Allow-Credentials", "true")
+        elif origin and self.origin_allowed(origin):
             self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Access-Control-Allow-Credentials", "true")
             self.send_header("Vary", "Origin")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -166,9 +188,33 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self):
         self.route("DELETE")
 
+    def do_PUT(self):
+        self.method_not_allowed()
+
+    def do_PATCH(self):
+        self.method_not_allowed()
+
+    def __getattr__(self, name: str):
+        # BaseHTTPRequestHandler answers a method it has no do_X for with an HTML 501.
+        if name.startswith("do_") and "method_501" not in self.app.faults:
+            return self.method_not_allowed
+        raise AttributeError(name)
+
+    def method_not_allowed(self) -> None:
+        self.send(405, {"error": "method not allowed"}, {"Allow": "DELETE, GET, OPTIONS, POST"})
+
+    def origin_allowed(self, origin: str) -> bool:
+        faults = self.app.faults
+        return (
+            origin == ALLOWED_ORIGIN
+            or "cors_reflect_any" in faults
+            or ("cors_prefix_match" in faults and origin.startswith(ALLOWED_ORIGIN))
+            or ("cors_null" in faults and origin == "null")
+        )
+
     def do_OPTIONS(self):
         origin = self.headers.get("Origin", "")
-        allowed = origin == ALLOWED_ORIGIN or "cors_reflect_any" in self.app.faults
+        allowed = self.origin_allowed(origin) or "cors_wildcard_credentials" in self.app.faults
         self.send(204 if allowed else 403, None if allowed else {"error": "origin not allowed"})
 
     def route(self, method: str) -> None:
@@ -228,6 +274,8 @@ class Handler(BaseHTTPRequestHandler):
         token = self.token()
         if token is None:
             return self.send(401, {"error": "unauthorized"})
+        if method == "GET" and path in LIST_PARAMETERS and (problem := self.query_problem(path, query)):
+            return self.send(400, {"error": problem})
         if path == "/api/v1/auth/me":
             return self.send(200, {"user": USER})
         if path == "/api/v1/auth/logout" and method == "POST":
@@ -295,6 +343,24 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(204)
         return self.send(404, {"error": "not found"})
 
+    def query_problem(self, path: str, query: dict) -> str | None:
+        """What the real app refuses in a list's query, as it does; None when it takes it."""
+        faults = self.app.faults
+        if "sql_500" in faults and any(c in v for v in query.values() for c in "';"):
+            return None  # the fault answers 500 in the route below
+        if "query_ignored" not in faults and (unknown := set(query) - LIST_PARAMETERS[path]):
+            return f"unknown query parameter {sorted(unknown)[0]!r}"
+        for name in ("limit", "offset"):
+            if name in query and not query[name].isdigit():
+                return f"{name} must be a non-negative integer"
+        if "query_ignored" in faults:  # the filters are not validated either: they are dropped
+            return None
+        if "severity" in query and query["severity"] not in SEVERITIES:
+            return "severity must be one of " + ", ".join(sorted(SEVERITIES))
+        if "resolved" in query and query["resolved"] not in ("true", "false"):
+            return "resolved must be true or false"
+        return None
+
     def _metrics(self) -> None:
         data = b'# TYPE http_requests_total counter\nhttp_requests_total{method="GET",route="/health",status="200"} 1\n'
         self.send_response(200)
@@ -323,10 +389,13 @@ class Server(ThreadingHTTPServer):
 class FakeApi:
     """Three listeners around one ``App``: ``https_url``, ``replica_url`` (plain) and ``http_url`` (redirects)."""
 
-    def __init__(self, tmp: Path, cert_days: int = 365):
+    def __init__(self, tmp: Path, cert_days: int = 365, tls_minimum: ssl.TLSVersion | None = None):
         self.ca, cert, key = make_tls(tmp, cert_days)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
+        if tls_minimum is not None:  # a misconfigured balancer: old protocols and ciphers accepted
+            tls.minimum_version = tls_minimum
+            tls.set_ciphers("DEFAULT:@SECLEVEL=0")
         self.app = App()
         self.servers = [Server(self.app, tls), Server(self.app), Server(self.app, redirect=True)]
         self.app.https_port = self.servers[0].server_address[1]

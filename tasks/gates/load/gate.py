@@ -12,17 +12,12 @@ load test compares itself with.
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from blocks.environment import StagingEnvironment
-from tasks.core.artifacts import in_task_run
+from tasks.core.artifacts import in_task_run, markdown_artifact, table_artifact
 from tasks.core.errors import InvalidInput
 from tasks.core.models import Verdict
 from tasks.core.run_log import run_logger
@@ -155,13 +150,13 @@ def run_load_test(
     report = judge(runs, targets, baseline, missing)
     logger.info("load gate: %s", report.reason)
     if in_run:
-        create_table_artifact(table=results_table(report), key="load-test-results", description=report.reason[:500])
-        create_markdown_artifact(
+        table_artifact(table=results_table(report), key="load-test-results", description=report.reason[:500])
+        markdown_artifact(
             markdown=report_markdown(report, latency_chart_svg(runs, targets), mix),
             key="load-test-report",
             description="Latency over time and per endpoint",
         )
-        create_markdown_artifact(
+        markdown_artifact(
             markdown=data_markdown(report),
             key=DATA_KEY,
             description="What this load test measured, for the next release to compare with",

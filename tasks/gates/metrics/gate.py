@@ -18,11 +18,10 @@ from datetime import datetime
 
 import httpx
 from prefect import task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.environment import StagingEnvironment
-from tasks.core.artifacts import in_task_run
+from tasks.core.artifacts import in_task_run, table_artifact
 from tasks.core.errors import Inconclusive
 from tasks.core.models import CheckResult, Verdict
 from tasks.core.run_log import run_logger
@@ -144,7 +143,7 @@ def check_metrics(
         report.checks.append(CheckResult(name=check.name, verdict=comparison.verdict, detail=detail, request=r.query))
     logger.info("metrics gate: %s; %s", report.summary(), report.baseline.summary())
     if in_task_run():
-        create_table_artifact(
+        table_artifact(
             table=table_rows(checks, readings, comparisons, since is not None),
             key="metrics-gate",
             description=f"{report.summary()}; {report.baseline.summary()}" if since is not None else report.summary(),

@@ -2,26 +2,34 @@
 
 The functional checks (the guide's auth, events, errors, notifications, health and metrics
 coverage) are defined here; the security checks come from ``tasks.gates.smoke.security``, the
-session they share from ``tasks.gates.smoke.session``. Every check is named and independent: it
-fails alone with its reason, the others still run. The flow decides on the report.
+session they share from ``tasks.gates.smoke.session``. Every check is named and fails alone with
+its reason; the others still run. The functional checks run in order (later ones reuse what
+earlier ones created); the security checks are independent and run concurrently; the rate-limit
+check runs last, alone. The flow decides on the report.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.environment import StagingEnvironment
-from tasks.core.models import GateReport
+from tasks.core.models import CheckResult, GateReport, Verdict
 from tasks.core.run_log import run_logger
 from tasks.core.stages import Stage
 from tasks.gates.evidence import publish_table
 from tasks.gates.health import health_problem
-from tasks.gates.smoke.security import SECURITY_CHECKS, certificate, rate_limit
+from tasks.gates.smoke.security import (
+    SECURITY_CHECKS,
+    certificate_expiry,
+    certificate_verifies,
+    rate_limit,
+)
 from tasks.gates.smoke.session import (
     CheckFailed,
     SmokeCheck,
@@ -253,8 +261,19 @@ def _database(s: SmokeSession) -> str:
     return "written once, read back 4 times over fresh connections"
 
 
-# The checks that need only the session, in the order they run.
+# The checks that need only the session, in the order they are reported.
 SMOKE_CHECKS: list[tuple[str, SmokeCheck]] = FUNCTIONAL_CHECKS + SECURITY_CHECKS
+CERTIFICATE_CHAIN = "security: TLS certificate chain and hostname verify"
+CERTIFICATE_EXPIRY = "security: TLS certificate not expiring soon"
+RATE_LIMIT = "security: rate limiting"
+# Enough threads that the security checks' round trips overlap; each is a handful of requests.
+SECURITY_WORKERS = 16
+
+
+def _run_concurrently(s: SmokeSession, checks: list[tuple[str, Callable[[], str]]]) -> list[CheckResult]:
+    with ThreadPoolExecutor(max_workers=SECURITY_WORKERS, thread_name_prefix="smoke-security") as pool:
+        futures = [pool.submit(run_check, s, name, fn) for name, fn in checks]
+        return [f.result() for f in futures]  # in the order they were listed
 
 
 @task(cache_policy=NO_CACHE)
@@ -262,6 +281,7 @@ def run_smoke_suite(
     environment: StagingEnvironment,
     http_url: str | None = None,
     min_cert_days: float = 14,
+    cert_warning_days: float | None = None,
     rate_limit_attempts: int = 100,
     rate_limit_wait_max_s: float = 10,
 ) -> GateReport:
@@ -272,27 +292,53 @@ def run_smoke_suite(
     ``Retry-After`` (at most ``rate_limit_wait_max_s``) so the next gate is not throttled.
     ``http_url`` is the balancer's plain-HTTP address for the HTTPS-redirect check; without
     it the environment's ``api_http_url`` is used, else it is derived from a default port.
+    A certificate with fewer than ``min_cert_days`` left fails; with fewer than
+    ``cert_warning_days`` (default: the environment's ``cert_warning_days``) its row is a
+    warning that does not block.
     """
     logger = run_logger()
     s = SmokeSession(environment, http_url)
-    checks: list[tuple[str, Callable[[], str]]] = [(name, lambda fn=fn: fn(s)) for name, fn in SMOKE_CHECKS]
-    checks.insert(
-        next(i for i, (n, _) in enumerate(checks) if n.startswith("security: CORS")),
-        ("security: certificate valid", lambda: certificate(s, min_cert_days)),
-    )
-    checks.append(("security: rate limiting", lambda: rate_limit(s, rate_limit_attempts, rate_limit_wait_max_s)))
+    warn_days = environment.cert_warning_days if cert_warning_days is None else cert_warning_days
+    warned: list[bool] = []
+
+    def expiry() -> str:
+        detail, warning = certificate_expiry(s, min_cert_days, warn_days)
+        warned.append(warning)
+        return detail
+
+    functional = [(name, lambda fn=fn: fn(s)) for name, fn in FUNCTIONAL_CHECKS]
+    concurrent: list[tuple[str, Callable[[], str]]] = [
+        (CERTIFICATE_CHAIN, lambda: certificate_verifies(s)),
+        (CERTIFICATE_EXPIRY, expiry),
+    ] + [(name, lambda fn=fn: fn(s)) for name, fn in SECURITY_CHECKS]
     report = GateReport(stage=Stage.SMOKE)
+
+    def record(result: CheckResult) -> None:
+        if result.name == CERTIFICATE_EXPIRY and result.verdict == Verdict.PASS and any(warned):
+            # A warning row: shown as not passing, never blocking the gate.
+            result = result.model_copy(update={"verdict": Verdict.FAIL, "required": False})
+        logger.info("smoke %s: %s (%s)", result.verdict.value, result.name, result.request)
+        report.checks.append(result)
+
     try:
-        for name, fn in checks:
-            result = run_check(s, name, fn)
-            logger.info("smoke %s: %s (%s)", result.verdict.value, name, result.request)
-            report.checks.append(result)
+        for name, fn in functional:
+            record(run_check(s, name, fn))
+        with contextlib.suppress(CheckFailed, httpx.HTTPError):
+            s.session()  # one login before the threads start, not a race of them
+        for result in _run_concurrently(s, concurrent):
+            record(result)
+        record(run_check(s, RATE_LIMIT, lambda: rate_limit(s, rate_limit_attempts, rate_limit_wait_max_s)))
     finally:
         for event_id in s.created_events:  # best effort: the smoke run leaves no events behind
             with contextlib.suppress(httpx.HTTPError):
                 s.client.delete(f"/api/v1/events/{event_id}")
         s.client.close()
     publish_table(
-        report, "smoke-gate", lambda c: c.model_dump(include={"name", "verdict", "request", "detail", "response"})
+        report,
+        "smoke-gate",
+        lambda c: (
+            c.model_dump(include={"name", "verdict", "request", "detail", "response"})
+            | ({} if c.required else {"verdict": "warning"})
+        ),
     )
     return report

@@ -133,13 +133,44 @@ type parser struct {
 
 func (p *parser) fail(msg string) { p.errs = append(p.errs, msg) }
 
+// FileWait is how long a NAME_FILE that does not exist yet is waited for: the
+// Docker target copies the files onto the container's tmpfs just after it starts.
+var FileWait = 5 * time.Second
+
+// raw is NAME's value: the content of the file NAME_FILE names when that is set
+// (secrets arrive as files, never in the container's environment), else NAME.
 func (p *parser) raw(name string) (string, bool) {
+	if path, ok := p.get(name + "_FILE"); ok && strings.TrimSpace(path) != "" {
+		v, err := readWhenPresent(strings.TrimSpace(path), FileWait)
+		if err != nil {
+			// The path and the error only: never the content.
+			p.fail(fmt.Sprintf("%s_FILE: %v", name, err))
+			return "", false
+		}
+		v = strings.TrimSpace(v)
+		return v, v != ""
+	}
 	v, ok := p.get(name)
 	v = strings.TrimSpace(v)
 	if !ok || v == "" {
 		return "", false
 	}
 	return v, true
+}
+
+// readWhenPresent reads path, waiting up to wait for it to appear.
+func readWhenPresent(path string, wait time.Duration) (string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil {
+			return string(data), nil
+		}
+		if !os.IsNotExist(err) || time.Now().After(deadline) {
+			return "", err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (p *parser) str(name, def string) string {

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -76,5 +78,36 @@ func TestValidateServe(t *testing.T) {
 	c.DatabaseURL = "postgres://x@y/z"
 	if err := c.ValidateServe(); err == nil || !strings.Contains(err.Error(), "HOST") {
 		t.Errorf("want HOST error, got %v", err)
+	}
+}
+
+func TestSecretsFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	db, jwt := filepath.Join(dir, "DATABASE_URL"), filepath.Join(dir, "JWT_SECRET")
+	if err := os.WriteFile(db, []byte("postgres://u:from-file@db/app\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // written after the start, as the Docker target copies it
+		time.Sleep(100 * time.Millisecond)
+		_ = os.WriteFile(jwt, []byte("jwt-from-file"), 0o400)
+	}()
+	c, err := Load(env(map[string]string{
+		"DATABASE_URL_FILE": db, "DATABASE_URL": "postgres://u:from-env@db/app", "JWT_SECRET_FILE": jwt,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DatabaseURL != "postgres://u:from-file@db/app" || c.JWTSecret != "jwt-from-file" {
+		t.Errorf("from files: %q %q", c.DatabaseURL, c.JWTSecret)
+	}
+}
+
+func TestMissingSecretFileNamesTheVariableNotAValue(t *testing.T) {
+	old := FileWait
+	FileWait = 50 * time.Millisecond
+	defer func() { FileWait = old }()
+	_, err := Load(env(map[string]string{"SMOKE_PASSWORD_FILE": filepath.Join(t.TempDir(), "absent")}))
+	if err == nil || !strings.Contains(err.Error(), "SMOKE_PASSWORD_FILE") {
+		t.Fatalf("want an error naming SMOKE_PASSWORD_FILE, got %v", err)
 	}
 }

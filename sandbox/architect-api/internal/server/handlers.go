@@ -110,6 +110,9 @@ func checkSeverity(v string) error {
 	return badRequest("severity must be one of %s", strings.Join(store.Severities, ", "))
 }
 
+// eventFilters are the query parameters GET /api/v1/events takes besides limit and offset.
+var eventFilters = []string{"severity"}
+
 func (s *Server) createEvent(r *http.Request, req *eventRequest, _ store.Session) (store.Event, error) {
 	var e store.Event
 	var err error

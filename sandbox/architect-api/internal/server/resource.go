@@ -32,9 +32,21 @@ func creates[Req, T any](s *Server, create createFunc[Req, T]) authedFunc {
 	}
 }
 
-// lists reads ?limit=&offset= and answers 200 with a page.
-func lists[T any](s *Server, list listFunc[T]) authedFunc {
+// lists reads ?limit=&offset= and answers 200 with a page. Any query
+// parameter besides those and filters is refused with 400: a filter the
+// release does not know must not silently widen the page to every row.
+func lists[T any](s *Server, list listFunc[T], filters ...string) authedFunc {
+	known := map[string]bool{"limit": true, "offset": true}
+	for _, f := range filters {
+		known[f] = true
+	}
 	return func(w http.ResponseWriter, r *http.Request, _ params, sess store.Session) {
+		for name := range r.URL.Query() {
+			if !known[name] {
+				s.respondError(w, r, badRequest("unknown query parameter %q", name))
+				return
+			}
+		}
 		limit, offset, err := pagination(r)
 		if err != nil {
 			s.respondError(w, r, err)

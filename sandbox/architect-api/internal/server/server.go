@@ -112,10 +112,10 @@ func (s *Server) initRoutes() {
 	s.handle("/api/v1/auth/logout", map[string]handlerFunc{"POST": s.handleLogout})
 	s.handle("/api/v1/auth/me", map[string]handlerFunc{"GET": s.authed(s.handleMe)})
 
-	s.handle("/api/v1/events", map[string]handlerFunc{"GET": s.authed(lists(s, s.listEvents)), "POST": s.authed(creates(s, s.createEvent))})
+	s.handle("/api/v1/events", map[string]handlerFunc{"GET": s.authed(lists(s, s.listEvents, eventFilters...)), "POST": s.authed(creates(s, s.createEvent))})
 	s.handle("/api/v1/events/{id}", map[string]handlerFunc{"GET": s.authed(onRow(s, "event", s.getEvent)), "DELETE": s.authed(deletesRow(s, "event", s.deleteEvent))})
 
-	s.handle("/api/v1/errors", map[string]handlerFunc{"GET": s.authed(lists(s, s.listErrors)), "POST": public(creates(s, s.createError))})
+	s.handle("/api/v1/errors", map[string]handlerFunc{"GET": s.authed(lists(s, s.listErrors, "resolved")), "POST": public(creates(s, s.createError))})
 	s.handle("/api/v1/errors/aggregate", map[string]handlerFunc{"GET": s.authed(s.handleAggregateErrors)})
 	s.handle("/api/v1/errors/{id}/resolve", map[string]handlerFunc{"POST": s.authed(onRow(s, "error", s.resolveError))})
 

@@ -462,6 +462,15 @@ func TestRoutingErrors(t *testing.T) {
 		t.Fatalf("Allow %q", r.Header().Get("Allow"))
 	}
 	expect(t, h.do("GET", "/api/v1/auth/login", ""), 405)
+	expect(t, h.do("BREW", "/api/v1/events", ""), 405)
+	c := h.login()
+	// A query parameter a list does not take is refused, never ignored: an ignored filter
+	// would answer with every row.
+	for _, q := range []string{"type=x", "limit=1&sort=id", "resolved=true"} {
+		expect(t, h.do("GET", "/api/v1/events?"+q, "", "Cookie", c), 400)
+	}
+	expect(t, h.do("GET", "/api/v1/errors?resolved=true", "", "Cookie", c), 200)
+	expect(t, h.do("GET", "/api/v1/notifications?severity=info", "", "Cookie", c), 400)
 	if r := h.do("OPTIONS", "/api/v1/events", ""); r.Code != 204 || r.Header().Get("Allow") == "" {
 		t.Fatalf("OPTIONS without CORS: %d", r.Code)
 	}
