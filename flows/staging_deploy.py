@@ -94,7 +94,9 @@ def staging_deploy(
     def build():
         workspace = held.enter_context(new_workspace(str(run.id)))
         allowed, builder = allow_migrations or (), env.builder_docker_host
-        release = build_release(env.app_repo, git_ref, version, env.registry, builder, workspace, env.database, allowed)
+        release = build_release(
+            env.app_repo, git_ref, version, env.registry, builder, workspace, env.database, allowed, env.app_repo_token
+        )
         r.target = env.target.with_checkout(release.source_dir)
         if dry_run:  # only show what a deploy would change
             r.plan = plan_dry_run(r.target, release.digest, release.version, app_env, release.migrations)

@@ -568,14 +568,14 @@ SIGNOFF_RECEIVER = Daemon(
 WORKER = Daemon(
     "prefect-worker",
     config.PREFECT_WORK_POOL,
-    "prefect worker start",
+    "deployments.worker",
     (),
+    # Our wrapper of `prefect worker start`: on SIGTERM it cancels the pool's runs and waits for
+    # them to roll back before it stops the worker (deployments/worker.py).
     lambda: [
         sys.executable,
         "-m",
-        "prefect",
-        "worker",
-        "start",
+        "deployments.worker",
         "--pool",
         config.PREFECT_WORK_POOL,
         "--name",
@@ -586,7 +586,8 @@ WORKER = Daemon(
     cwd=config.REPO_ROOT,
     reset_sigint=True,
     start_timeout=90,
-    stop_grace=20,
+    # The wrapper waits up to 50 s for the runs to roll back, then up to 15 s for the worker.
+    stop_grace=75,
 )
 
 # Start order; `down` stops in reverse.

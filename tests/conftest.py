@@ -35,6 +35,7 @@ os.environ.setdefault("ARCHITECT_ALLOW_SKIP_SIGNOFF", SKIP_SIGNOFF_ALLOWED)
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
 
 from tests.support.argv_recorder import ArgvRecorder  # noqa: E402
+from tests.support.blocks import delete_environment, unsaved  # noqa: E402
 from tests.support.deploys import ensure_database_at_schema_2, ensure_good_release  # noqa: E402
 from tests.support.faults import BrokenServices  # noqa: E402
 from tests.support.first_deploy import fresh_docker_environment, throwaway_database  # noqa: E402, F401 (fixtures)
@@ -164,21 +165,13 @@ def environment_copy(sandbox_env):
     saved: list[str] = []
 
     def make(**changes):
-        env = sandbox_env.model_copy(update=changes)
-        env._block_document_id = None
-        env._block_document_name = None
-        env.save(name, overwrite=True)
+        unsaved(sandbox_env, **changes).save(name, overwrite=True)
         saved.append(name)
         return name
 
     yield make
-    if saved:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            for block_name in saved:
-                doc = client.read_block_document_by_name(block_name, "architect-staging-environment")
-                client.delete_block_document(doc.id)
+    for block_name in dict.fromkeys(saved):
+        delete_environment(block_name)
 
 
 @pytest.fixture

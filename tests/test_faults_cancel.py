@@ -8,9 +8,10 @@ successfully."), v3.1.0 serving alone through nginx, the database as the backup 
 table's checksum) or as the restore policy keeps it, the deploy journal closed, and the run's
 Slack message saying the same.
 
-A run whose process is lost before it could finish undoing (killed while it rolls back, or with
-its worker: SIGTERM of Prefect 3.9.1's process worker SIGKILLs its runs) leaves its journal
-open, and the next run rolls the rest back.
+SIGTERM of the sandbox's worker (our wrapper, deployments/worker.py) cancels its runs the same
+way and waits for them to roll back before it stops Prefect's worker. A run whose process is lost
+before it could finish undoing (killed while it rolls back; a SIGKILLed worker is
+tests/test_worker_crash.py) leaves its journal open, and the next run rolls the rest back.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from tests.support.app_state import (
 )
 from tests.support.cancels import (
     cancel,
+    children_of,
     processes_of_flow_run,
+    run_processes_but_its_keeper,
     state_of,
     wait_for_exit,
     wait_for_message,
@@ -163,46 +166,64 @@ def test_a_cancelled_deploy_is_rolled_back_and_ends_cancelled_saying_so(
         assert any("Rolling back" in m["text"] for m in replies), replies
 
 
-@pytest.mark.parametrize("lost", ["killed-while-rolling-back", "worker-sigterm"])
-def test_a_deploy_whose_process_is_lost_to_a_cancel_is_rolled_back_by_the_next_run(
-    lost, sandbox_env, database_at_schema_2, registered_deployments, slack_messages, broken_service
+def test_sigterm_of_the_worker_during_deploy_rolls_the_run_back_before_the_worker_stops(
+    sandbox_env, database_at_schema_2, registered_deployments, slack_messages, broken_service
 ):
-    """The run's own process goes before it could finish undoing, so its journal stays open and the
-    next run rolls the half-finished deploy back before it deploys v3.1.0 itself.
-
-    ``killed-while-rolling-back``: cancelled during deploy from the UI; once the run is rolling
-    back, its process is SIGKILLed (what the worker does when a rollback overruns its 30 s grace).
-    ``worker-sigterm``: SIGTERM of the worker during deploy. Prefect 3.9.1's process worker then
-    SIGKILLs the runs it started as it shuts down (anyio kills a child process whose task is
-    cancelled), with no grace at all: the run cannot undo anything, and the server shows it Running.
-    """
-    database = sandbox_env.database
+    """SIGTERM of the worker (the PID in the sandbox's PID file: our wrapper) once the first new
+    replica runs. The wrapper sets the run Cancelling as the UI's Cancel does, the run rolls itself
+    back and ends Cancelled saying so, and only then does the wrapper stop Prefect's worker (whose
+    own SIGTERM would SIGKILL the run at once)."""
     run_id = start_deploy()
-    if lost == "worker-sigterm":
-        broken_service("prefect-worker")  # started again below, the sandbox checked whole
-        worker = daemons.WORKER.running()
-        assert worker is not None
-    how = "sigterm" if lost == "worker-sigterm" else "ui"
-    with Trigger(lambda: bool(replicas_of(sandbox_env, NEW)), lambda: cancel(run_id, how), poll_s=0.2) as fault:
+    broken_service("prefect-worker")  # started again below, the sandbox checked whole
+    worker = daemons.WORKER.running()
+    assert worker is not None, "the sandbox's worker is not running"
+    prefect_workers = children_of(worker)
+    assert len(prefect_workers) == 1, f"the wrapper should run one Prefect worker: {prefect_workers}"
+    with Trigger(lambda: bool(replicas_of(sandbox_env, NEW)), lambda: cancel(run_id, "sigterm"), poll_s=0.2) as fault:
         fault.join(600)
     fault.assert_fired("the run never reached deploy")
 
-    if lost == "worker-sigterm":
-        assert wait_for_exit(worker), "the worker did not stop after SIGTERM"
-        assert not processes_of_flow_run(run_id), "the run's process outlived its worker"
-        broken_service.restore_now()
-        assert state_of(run_id).is_running(), "the server should still think it runs"
-    else:
+    state = wait_for_message(run_id, "cancelled during deploy; ")
+    print(f"final state: {state.type.value}: {state.message}")
+    assert state.is_cancelled(), (state.type, state.message)
+    assert state.message.startswith("cancelled during deploy; rolled back to revision"), state.message
+    assert f"({PREVIOUS}), healthy; database " in state.message, state.message
+    assert wait_for_exit(worker, timeout_s=90), "the worker did not stop after its runs ended"
+    assert wait_for_exit(prefect_workers[0], timeout_s=5), "Prefect's worker outlived the wrapper"
+    assert not run_processes_but_its_keeper(run_id), "the run's process outlived its worker"
+    assert state_of(run_id).message == state.message, "the run's message was overwritten after it was kept"
+    assert_only_good_replicas(sandbox_env, PREVIOUS)
+    assert api_health()["status_code"] == 200 and api_health().get("version") == PREVIOUS
+    assert read_journal("sandbox") is None, "the journal should be closed: the run undid everything"
+    posts, updates, _ = slack_thread_of(slack_messages(), state)
+    assert len(posts) == 1, posts
+    assert "cancelled during deploy; rolled back" in (updates or posts)[-1]["text"], (updates or posts)[-1]["text"]
+    broken_service.restore_now()
+    assert daemons.WORKER.healthy(), "the sandbox's worker was not brought back"
 
-        def kill_the_run() -> None:
-            for pid in processes_of_flow_run(run_id):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
-        with Trigger(lambda: state_of(run_id).name == ROLLING_BACK, kill_the_run, timeout_s=60, poll_s=0.1) as killed:
-            killed.join(60)
-        killed.assert_fired("the run never started rolling back")
-        assert wait_until_final(run_id, timeout_s=90).is_final()
+def test_a_deploy_whose_process_is_lost_to_a_cancel_is_rolled_back_by_the_next_run(
+    sandbox_env, database_at_schema_2, registered_deployments, slack_messages
+):
+    """The run's own process goes before it could finish undoing, so its journal stays open and the
+    next run rolls the half-finished deploy back before it deploys v3.1.0 itself: cancelled during
+    deploy from the UI; once the run is rolling back, its process is SIGKILLed (what the worker
+    does when a rollback overruns its 30 s grace)."""
+    database = sandbox_env.database
+    run_id = start_deploy()
+    with Trigger(lambda: bool(replicas_of(sandbox_env, NEW)), lambda: cancel(run_id, "ui"), poll_s=0.2) as fault:
+        fault.join(600)
+    fault.assert_fired("the run never reached deploy")
+
+    def kill_the_run() -> None:
+        for pid in processes_of_flow_run(run_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    with Trigger(lambda: state_of(run_id).name == ROLLING_BACK, kill_the_run, timeout_s=60, poll_s=0.1) as killed:
+        killed.join(60)
+    killed.assert_fired("the run never started rolling back")
+    assert wait_until_final(run_id, timeout_s=90).is_final()
     half_done = read_journal("sandbox")
     assert half_done is not None and half_done.flow_run_id == run_id and half_done.stage == "deploy", half_done
 

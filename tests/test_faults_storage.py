@@ -24,6 +24,7 @@ from prefect.filesystems import LocalFileSystem
 from sandbox import procs
 from tasks.database.manifest import table_checksums
 from tests.support.app_state import assert_only_good_replicas
+from tests.support.blocks import unsaved
 from tests.support.deploys import GOOD_WITH_MIGRATION, deploy
 from tests.support.faults import Trigger
 from tests.support.run_records import assert_slack_told, task_runs_of, task_started
@@ -62,14 +63,6 @@ def small_backup_filesystem(sandbox_env, tmp_path) -> Iterator[Path]:
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
     assert procs.mounts_under(mount) == [], f"{mount} is still mounted"
-
-
-def unsaved(block, **changes):
-    """A copy of a nested block with ``changes``, saved inline with its parent, not over the original."""
-    copy = block.model_copy(update=changes)
-    copy._block_document_id = None
-    copy._block_document_name = None
-    return copy
 
 
 def stored_files(database) -> set[str]:

@@ -68,6 +68,7 @@ from tasks.core.models import RolloutResult
 from tasks.database.manifest import table_checksums
 from tests.k8s_emulator import Emulator, running_emulator, testing
 from tests.support.app_state import schema_version
+from tests.support.blocks import saved_environment
 from tests.support.deploys import deploy
 
 pytestmark = pytest.mark.sandbox
@@ -104,30 +105,12 @@ def _dead_url() -> str:
 
 
 @contextmanager
-def saved_copy(base, **changes) -> Iterator[str]:
-    """``base`` with ``changes`` saved as a fresh environment block; its name; deleted afterwards."""
-    from prefect.client.orchestration import get_client
-
-    env = base.model_copy(update=changes)
-    env._block_document_id = None
-    env._block_document_name = None
-    name = f"test-k8s-{uuid.uuid4().hex[:8]}"
-    env.save(name, overwrite=True)
-    try:
-        yield name
-    finally:
-        with get_client(sync_client=True) as client:
-            doc = client.read_block_document_by_name(name, "architect-staging-environment")
-            client.delete_block_document(doc.id)
-
-
-@contextmanager
 def emulated_cluster(sandbox_env, tmp, **changes) -> Iterator[K8sFlowEnv]:
     """A fresh emulator, and a saved copy of the sandbox environment whose target is it (deleted after)."""
     with running_emulator() as (url, emulator):
         target = KubernetesTarget(host=url, namespace=NAMESPACE, poll_interval_s=0.5)
         cluster = testing.Cluster(url, emulator, testing.write_kubeconfig(url, tmp / "kubeconfig"), tmp / "kube-cache")
-        with saved_copy(
+        with saved_environment(
             sandbox_env,
             target=target,
             api_url=AnyHttpUrl(_dead_url()),
@@ -324,7 +307,7 @@ def test_dry_run_with_a_changed_environment_leaves_the_live_secret_alone(k8s_env
     tag, version = good_release(k8s_env.database)
     secret = f"Secret/{NAMESPACE}/architect-secrets"
     base = StagingEnvironment.load(k8s_env.name)
-    with saved_copy(base, app_settings={**base.app_settings, "DRY_RUN_PROBE": uuid.uuid4().hex}) as changed:
+    with saved_environment(base, app_settings={**base.app_settings, "DRY_RUN_PROBE": uuid.uuid4().hex}) as changed:
         before = k8s_env.emulator.dump()[secret]["data"]
         state = run(k8s_env, tag, version, environment=changed, dry_run=True)
         assert state.is_completed(), state.message

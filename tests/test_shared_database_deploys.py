@@ -36,6 +36,7 @@ from tasks.release.journal import (
     write_journal,
 )
 from tests.support.app_state import assert_only_good_replicas
+from tests.support.blocks import unsaved
 from tests.support.deploys import GOOD
 from tests.support.parallel_deploys import deploy_together
 
@@ -45,10 +46,7 @@ pytestmark = pytest.mark.sandbox
 def same_database_via_localhost(sandbox_env):
     """The sandbox's database block spelt ``localhost``, saved inline with its environment copy."""
     assert sandbox_env.database.host == "127.0.0.1", sandbox_env.database.host
-    copy = sandbox_env.database.model_copy(update={"host": "localhost"})
-    copy._block_document_id = None
-    copy._block_document_name = None
-    return copy
+    return unsaved(sandbox_env.database, host="localhost")
 
 
 def dead_run_journal(environment: str, identity) -> DeployJournal:

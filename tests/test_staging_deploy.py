@@ -19,10 +19,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterStartTime,
 )
 from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
@@ -30,7 +26,7 @@ from prefect.flow_runs import resume_flow_run
 from tests.support.app_state import api_health, serving_versions
 from tests.support.background_load import BackgroundLoad
 from tests.support.deploys import GOOD, deploy
-from tests.support.run_records import slack_thread_of, task_runs_of
+from tests.support.run_records import slack_thread_of, task_runs_of, wait_for_paused_deploy
 from tests.support.signoff import signed_input
 
 pytestmark = pytest.mark.sandbox
@@ -237,18 +233,3 @@ def test_a_rejected_sign_off_rolls_the_release_back(sandbox_env, deployed_good_r
     assert "CORS allows too much" in state.message and "rolled back to revision" in state.message
     assert serving_versions(sandbox_env) == {deployed_good_release}
     assert "sign-off" in artifact_keys_of(state)
-
-
-def wait_for_paused_deploy(after, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["staging-deploy"])),
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after)),
-            )
-            paused = [r for r in runs if r.state and r.state.is_paused()]
-            if paused:
-                return paused[0].id
-            time.sleep(1)
-    raise AssertionError("the deploy never paused for sign-off")

@@ -7,6 +7,7 @@ The guide's "Build and Test" and "Container Deployment" steps, in that order: cl
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from blocks.database import PostgresDatabase
 from blocks.docker.client import DockerConnection
@@ -26,7 +27,7 @@ from blocks.registry import ImageRegistry
 from tasks.core.artifacts import table_artifact
 from tasks.core.errors import PermanentError, TemporaryError, one_line, retry_if_temporary
 from tasks.core.models import BuildResult
-from tasks.core.redaction import redact
+from tasks.core.redaction import redact, register
 from tasks.core.stages import Stage
 from tasks.database.migration_lint import review_migrations
 
@@ -97,13 +98,28 @@ def _tail(output: str, chars: int) -> str:
     return redact(output.strip())[-chars:]
 
 
+def git_token_env(token: SecretStr | None) -> dict[str, str]:
+    """Git's configuration, in its environment, that sends ``token`` to an https repository as
+    HTTP Basic auth: never in the URL, never in argv (where ps and error messages show them)."""
+    if token is None:
+        return {}
+    basic = base64.b64encode(f"x-access-token:{token.get_secret_value()}".encode()).decode()
+    register([basic])  # the header as git could echo it
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+    }
+
+
 @task(cache_policy=NO_CACHE)
-def checkout_source(app_repo: str, git_ref: str, workspace: str) -> SourceCheckout:
+def checkout_source(app_repo: str, git_ref: str, workspace: str, token: SecretStr | None = None) -> SourceCheckout:
     """Clone ``app_repo`` into a fresh ``workspace`` and check out ``git_ref`` (detached)."""
     logger = get_run_logger()
     dest = Path(workspace) / "src"
-    logger.info("git clone %s at %s", redact(app_repo), git_ref)
-    cloned = _run(["git", "clone", "--quiet", "--no-checkout", "--", app_repo, str(dest)], timeout=300)
+    logger.info("git clone %s at %s%s", redact(app_repo), git_ref, " (with the repo token)" if token else "")
+    clone = ["git", "clone", "--quiet", "--no-checkout", "--", app_repo, str(dest)]
+    cloned = _run(clone, extra_env=git_token_env(token), timeout=300)
     if cloned.returncode:
         raise TemporaryError(f"git clone of {redact(app_repo)} failed: {_tail(cloned.stderr, 500)}", stage=Stage.BUILD)
     # "--end-of-options" keeps a ref from ever being read as an option, whatever slipped past validation.
@@ -269,13 +285,14 @@ def build_release(
     workspace: str,
     database: PostgresDatabase | None = None,
     allow_migrations: Sequence[str] = (),
+    repo_token: SecretStr | None = None,
 ) -> BuildResult:
     """The whole build stage, in the guide's order, in ``workspace`` (the caller removes it).
 
     With ``database``, the release's pending migrations are classified and linted first (read-only);
     a contract or dangerous one not named in ``allow_migrations`` stops the build before anything changed.
     """
-    source = checkout_source(app_repo, git_ref, workspace)
+    source = checkout_source(app_repo, git_ref, workspace, repo_token)
     migrations = review_migrations(source.path, database, allow_migrations) if database is not None else None
     version = release_version(version, source, git_ref)
     tests = run_go_tests(source)

@@ -114,3 +114,28 @@ def kill_worker_and_its_run(flow_run_id: str) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return victims
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs of pid's child processes: our worker wrapper's one child is Prefect's worker."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue  # gone
+    return found
+
+
+def run_processes_but_its_keeper(flow_run_id: str) -> list[int]:
+    """The run's processes other than the detached keeper of its Cancelled message (which
+    outlives the run on purpose, tasks/release/cancellation.py)."""
+    keeper = b"tasks.release.cancellation"
+    found = []
+    for pid in processes_of_flow_run(flow_run_id):
+        try:
+            if keeper not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue  # gone
+    return found

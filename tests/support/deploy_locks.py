@@ -20,12 +20,12 @@ from uuid import UUID
 
 import redis
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
 
 from sandbox import config, daemons
 from tasks.release.identity import DeployIdentity, database_identity
 from tasks.release.lock import DeployLock, lock_names
 from tests.support.faults import Service
+from tests.support.run_records import wait_for_paused_deploy
 
 LEASE_PREFIX = "prefect:concurrency:lease:"  # prefect_redis.lease_storage's key for a lease
 
@@ -135,20 +135,10 @@ class DeployInThread(threading.Thread):
 
 
 def paused_deploy(after: datetime, run: DeployInThread, timeout_s: float = 600) -> UUID:
-    """The id of the staging-deploy run started after ``after`` once it pauses for sign-off."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["staging-deploy"])),
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after)),
-            )
-            if paused := [r for r in runs if r.state and r.state.is_paused()]:
-                return paused[0].id
-            if not run.is_alive():
-                raise AssertionError(f"the deploy ended before its sign-off: {run.state or run.error!r}")
-            time.sleep(1)
-    raise AssertionError("the deploy never paused for sign-off")
+    """The id of ``run``'s staging-deploy run (started after ``after``) once it pauses for sign-off."""
+    return wait_for_paused_deploy(
+        after, timeout_s, ended=lambda: None if run.is_alive() else repr(run.state or run.error)
+    )
 
 
 if __name__ == "__main__":

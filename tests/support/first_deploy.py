@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextvars
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -27,12 +26,13 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentTaskRunId,
-    FlowRunFilterStartTime,
 )
 from prefect.flow_runs import resume_flow_run
 
 from sandbox import config
+from tests.support.blocks import unsaved
 from tests.support.deploys import deploy
+from tests.support.run_records import wait_for_paused_deploy
 
 # Port slots of the first-deploy app: free on the sandbox, and none of its app's or the benchmarks'.
 FRESH_PORTS = [18261, 18262, 18263, 18264]
@@ -69,16 +69,13 @@ def fresh_docker_environment(environment_copy, sandbox_env, tmp_path) -> Iterato
     whose Docker target has never deployed (another app name, other ports, an empty history)."""
     busy = [p for p in FRESH_PORTS if _listening(p)]
     assert not busy, f"the first-deploy port slots are taken: {busy}"
-    target = sandbox_env.target.model_copy(
-        update={
-            "app_name": f"first-{uuid.uuid4().hex[:8]}",
-            "ports": FRESH_PORTS,
-            "history_file": str(tmp_path / "docker-history.json"),
-        }
+    # Saved inside its environment, never as a reference to the sandbox's target block.
+    target = unsaved(
+        sandbox_env.target,
+        app_name=f"first-{uuid.uuid4().hex[:8]}",
+        ports=FRESH_PORTS,
+        history_file=str(tmp_path / "docker-history.json"),
     )
-    # Saved as a block of its own, never as a reference to the sandbox's target block.
-    target._block_document_id = None
-    target._block_document_name = None
     assert target.current_revision() is None and app_containers(target) == []
     made: list[str] = []
 
@@ -100,9 +97,7 @@ def throwaway_database(sandbox_env) -> Iterator:
     admin = config.pg_superuser_conninfo()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" OWNER "{sandbox_env.database.user}"')
-    database = sandbox_env.database.model_copy(update={"dbname": name})
-    database._block_document_id = None
-    database._block_document_name = None
+    database = unsaved(sandbox_env.database, dbname=name)
     with database.connect() as conn:
         conn.execute("CREATE TABLE marker (id int PRIMARY KEY, note text NOT NULL)")
         conn.execute("INSERT INTO marker SELECT g, 'untouched ' || g FROM generate_series(1, 50) g")
@@ -131,21 +126,9 @@ class BackgroundDeploy:
         self.id = None
 
     def wait_paused(self, within_s: float = 600):
-        deadline = time.monotonic() + within_s
-        with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                runs = client.read_flow_runs(
-                    flow_filter=FlowFilter(name=FlowFilterName(any_=["staging-deploy"])),
-                    flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=self.started)),
-                )
-                paused = [r for r in runs if r.state and r.state.is_paused()]
-                if paused:
-                    self.id = paused[0].id
-                    return self.id
-                if "state" in self.outcome:
-                    raise AssertionError(f"the deploy ended before its sign-off: {self.outcome['state'].message}")
-                time.sleep(1)
-        raise AssertionError("the deploy never paused for sign-off")
+        ended = lambda: self.outcome["state"].message if "state" in self.outcome else None  # noqa: E731
+        self.id = wait_for_paused_deploy(self.started, within_s, ended)
+        return self.id
 
     def reject(self, role: str = "security", notes: str = "not this one", within_s: float = 300):
         from tests.support.signoff import signed_input  # heavy: only for the tests that sign

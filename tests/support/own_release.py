@@ -9,12 +9,12 @@ deploys through a copy of the environment block whose ``app_repo`` is that clone
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sandbox import config
+from tests.support.blocks import saved_environment
 from tests.support.release_patches import RELEASES
 
 _GIT = [
@@ -60,16 +60,5 @@ def environment_for_release(sandbox_env, tag: str, workdir: Path) -> Iterator[st
         yield "sandbox"
         return
     repo = repo_with_release(tag, workdir / "app-repo")
-    env = sandbox_env.model_copy(update={"app_repo": str(repo)})
-    env._block_document_id = None
-    env._block_document_name = None
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    env.save(name, overwrite=True)
-    try:
+    with saved_environment(sandbox_env, app_repo=str(repo)) as name:
         yield name
-    finally:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            doc = client.read_block_document_by_name(name, "architect-staging-environment")
-            client.delete_block_document(doc.id)

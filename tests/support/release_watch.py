@@ -7,21 +7,16 @@ import contextvars
 import os
 import signal
 import threading
-import time
-from datetime import datetime
 
 import docker
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterStartTime,
 )
 
 from tests.support.deploys import deploy
+from tests.support.run_records import wait_for_paused_deploy  # noqa: F401 (the watch tests use it)
 
 
 def crash(container) -> None:
@@ -41,21 +36,6 @@ class BackgroundDeploy(threading.Thread):
 
     def run(self) -> None:
         self.state = self.context.run(deploy, *self.args, **self.parameters)
-
-
-def wait_for_paused_deploy(after: datetime, timeout_s: float = 600):
-    """The id of the staging-deploy run started after ``after`` once it pauses for sign-off."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["staging-deploy"])),
-                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after)),
-            )
-            if paused := [r for r in runs if r.state and r.state.is_paused()]:
-                return paused[0].id
-            time.sleep(1)
-    raise AssertionError("the deploy never paused for sign-off")
 
 
 def artifacts_of(flow_run_id) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -69,3 +70,21 @@ def assert_slack_told(messages: list[dict], state, *texts: str) -> None:
     thread = "\n".join(m["text"] for m in replies)
     for text in texts:
         assert text.lower() in thread.lower(), thread
+
+
+def wait_for_paused_deploy(after: datetime, timeout_s: float = 600, ended: Callable[[], str | None] = lambda: None):
+    """The id of the staging-deploy run started after ``after`` once it pauses for sign-off.
+    ``ended`` says why the deploy is over (None while it goes on), to stop waiting for a pause that cannot come."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["staging-deploy"])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after)),
+            )
+            if paused := [r for r in runs if r.state and r.state.is_paused()]:
+                return paused[0].id
+            if (why := ended()) is not None:
+                raise AssertionError(f"the deploy ended before its sign-off: {why}")
+            time.sleep(1)
+    raise AssertionError("the deploy never paused for sign-off")
