@@ -158,15 +158,17 @@ func (p *parser) raw(name string) (string, bool) {
 	return v, true
 }
 
-// readWhenPresent reads path, waiting up to wait for it to appear.
+// readWhenPresent reads path, waiting up to wait for it to appear with content:
+// a copy creates the file before it fills it, so an empty file is still arriving.
 func readWhenPresent(path string, wait time.Duration) (string, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		data, err := os.ReadFile(path)
-		if err == nil {
+		late := time.Now().After(deadline)
+		if err == nil && (len(data) > 0 || late) {
 			return string(data), nil
 		}
-		if !os.IsNotExist(err) || time.Now().After(deadline) {
+		if err != nil && (!os.IsNotExist(err) || late) {
 			return "", err
 		}
 		time.Sleep(20 * time.Millisecond)
