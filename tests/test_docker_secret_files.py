@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import docker
@@ -140,6 +141,30 @@ def test_a_one_off_gets_its_secrets_as_files_and_its_volume_goes_with_it(
     client = own_target.get_client()
     try:
         assert client.volumes.list(filters={"label": f"{VOLUME_LABEL}={own_target.app_name}"}) == []
+    finally:
+        client.close()
+
+
+@pytest.mark.sandbox
+def test_tidying_old_volumes_never_touches_a_live_replicas_nor_fails_the_one_off(
+    file_reading_image, own_target, sandbox_env, monkeypatch
+):
+    """A release live for longer than the grace keeps its volume when a one-off makes a new one
+    (this engine answers 500 "volume has active mounts" to removing it, which once failed migrate)."""
+    from blocks.docker import secret_files
+
+    result = own_target.deploy(file_reading_image, "secret-files", sandbox_env.app_environment(), 120)
+    assert result.complete, (result.reason, result.logs)
+    monkeypatch.setattr(secret_files, "VOLUME_GRACE", timedelta(0))  # as if the release were live for hours
+    client = own_target.get_client()
+    try:
+        live = {v.name for v in client.volumes.list(filters={"label": f"{VOLUME_LABEL}={own_target.app_name}"})}
+        assert live, "the replica has no secrets volume"
+        status = ["migrate", "status", "--json"]
+        ran = own_target.run_one_off(file_reading_image, status, sandbox_env.app_environment(), 60)
+        assert ran.exit_code == 0, ran.logs
+        left = {v.name for v in client.volumes.list(filters={"label": f"{VOLUME_LABEL}={own_target.app_name}"})}
+        assert live <= left, f"a live replica's secrets volume was removed: {live - left}"
     finally:
         client.close()
 

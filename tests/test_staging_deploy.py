@@ -83,7 +83,7 @@ def test_good_release_deploys_without_a_failed_request(sandbox_env, deployed_goo
 @pytest.mark.parametrize(
     ("git_ref", "version", "expected_reason"),
     [
-        ("v3.2.1-crash", "3.2.1-crash", "exited with status"),
+        ("v3.2.1-crash", "3.2.1-crash", "before becoming healthy"),
         ("v3.2.1-unhealthy", "3.2.1-unhealthy", "503"),
     ],
 )

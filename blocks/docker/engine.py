@@ -271,9 +271,14 @@ class DockerEngine(TargetEngine):
         with httpx.Client(timeout=2.0) as http:
             while time.monotonic() < deadline:
                 container.reload()
-                if container.status in ("exited", "dead"):
-                    code = container.attrs.get("State", {}).get("ExitCode")
-                    return f"exited with status {code} before becoming healthy"
+                restarts = int(container.attrs.get("RestartCount", 0) or 0)
+                # A crash during the readiness wait fails it at once, even though the restart
+                # policy brings the replica back (a crash loop must not wait out the deadline).
+                if container.status in ("exited", "dead", "restarting") or restarts:
+                    code = container.attrs.get("State", {}).get("ExitCode")  # 0 again once restarted
+                    how = f" with status {code}" if code else ""
+                    again = f" (restarted {restarts} time{'s' if restarts > 1 else ''})" if restarts else ""
+                    return f"exited{how} before becoming healthy{again}"
                 try:
                     response = http.get(url)
                     if response.status_code == 200:

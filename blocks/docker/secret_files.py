@@ -36,6 +36,8 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.types import DriverConfig, Mount
 
+from tasks.core.errors import one_line
+
 SECRETS_DIR = "/run/secrets"
 SECRET_FILES_LABEL = "io.architect.secret-files"  # set by the app's Dockerfile: it reads NAME_FILE
 VOLUME_LABEL = "architect.secrets-of"  # on each secrets volume: the app it belongs to
@@ -98,8 +100,12 @@ def _remove_unused_volumes(client: docker.DockerClient, app: str) -> None:
     cutoff = datetime.now(UTC) - VOLUME_GRACE
     for volume in client.volumes.list(filters={"label": f"{VOLUME_LABEL}={app}"}):
         created = _created(volume.attrs.get("CreatedAt") or "")
-        if created is not None and created < cutoff:
+        if created is None or created >= cutoff or client.containers.list(all=True, filters={"volume": volume.name}):
+            continue
+        try:
             remove_volume(client, volume.name)
+        except APIError as exc:  # tidying up is never a reason to fail the deploy that made a new one
+            log.warning("left the secrets volume %s: %s", volume.name, one_line(exc)[:200])
 
 
 def _created(stamp: str) -> datetime | None:
@@ -116,7 +122,8 @@ def remove_volume(client: docker.DockerClient, name: str) -> None:
     except NotFound:
         pass
     except APIError as exc:
-        if exc.status_code != 409:
+        # Docker 20.10 answers 500 "volume has active mounts" where newer engines answer 409.
+        if exc.status_code != 409 and "active mounts" not in str(exc) and "in use" not in str(exc):
             raise
 
 
