@@ -141,7 +141,7 @@ def test_a_replica_killed_during_the_sign_off_pause_ends_the_wait_and_rolls_back
     started = datetime.now(UTC)
     run = BackgroundDeploy(*GOOD_WITH_MIGRATION, skip_signoff=False, signoff_timeout_h=0.25)
     run.start()
-    wait_for_paused_deploy(started)
+    wait_for_paused_deploy(started, ended=lambda: None if run.is_alive() else repr(run.state))
     victim = replicas_of(sandbox_env, GOOD_WITH_MIGRATION[1])[0]
     victim.kill()
     run.join(300)  # far less than the 15-minute sign-off timeout: only the watch ends the wait this soon

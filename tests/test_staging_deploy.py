@@ -81,21 +81,22 @@ def test_good_release_deploys_without_a_failed_request(sandbox_env, deployed_goo
 
 
 @pytest.mark.parametrize(
-    ("git_ref", "version", "expected_reason"),
+    ("git_ref", "version", "expected_reason", "evidence"),
     [
-        ("v3.2.1-crash", "3.2.1-crash", "before becoming healthy"),
-        ("v3.2.1-unhealthy", "3.2.1-unhealthy", "503"),
+        # The replica's last log line says why it never became healthy.
+        ("v3.2.1-crash", "3.2.1-crash", "before becoming healthy", 'it said: {"error":"events query: pq: column'),
+        ("v3.2.1-unhealthy", "3.2.1-unhealthy", "503", "answered 503"),
     ],
 )
 def test_bad_release_is_rolled_back_automatically(
-    sandbox_env, deployed_good_release, slack_messages, git_ref, version, expected_reason
+    sandbox_env, deployed_good_release, slack_messages, git_ref, version, expected_reason, evidence
 ):
     with BackgroundLoad(rate=50) as load:
         state = deploy(git_ref, version)
     print(f"background load during deploy and rollback: {load.sent} requests, {len(load.failures)} failed")
     assert state.is_failed()
     assert state.message.startswith("deploy failed:")
-    assert expected_reason in state.message
+    assert expected_reason in state.message and evidence in state.message
     assert "rolled back to revision" in state.message and deployed_good_release in state.message
     assert serving_versions(sandbox_env) == {deployed_good_release}
     assert api_health()["status_code"] == 200
@@ -223,7 +224,10 @@ def test_a_rejected_sign_off_rolls_the_release_back(sandbox_env, deployed_good_r
         daemon=True,
     )
     runner.start()
-    run_id = wait_for_paused_deploy(started, timeout_s=600)
+    # A deploy that fails before the pause says why at once, rather than after the whole wait.
+    run_id = wait_for_paused_deploy(
+        started, 600, ended=lambda: outcome["state"].message if "state" in outcome else None
+    )
     assert serving_versions(sandbox_env) == {"3.2.0"}, "the release is live while the leads look at it"
     resume_flow_run(run_id, run_input=signed_input(run_id, "security", "reject", "CORS allows too much"), _sync=True)
     runner.join(300)

@@ -208,7 +208,10 @@ class DockerEngine(TargetEngine):
                 logs = {container.name: _logs(container, 200)}
                 for new in started_new:
                     _remove(new, settings.stop_timeout_s)
-                return outcome(complete=False, reason=f"replica {container.name}: {failure}", logs=logs)
+                # The replica's own last words say why; the whole log is in the rollout's artifact.
+                said = _last_line(logs[container.name])
+                reason = f"replica {container.name}: {failure}" + (f"; it said: {said}" if said else "")
+                return outcome(complete=False, reason=reason, logs=logs)
             if old:
                 _remove(old.pop(0), settings.stop_timeout_s)
         for container in old:
@@ -380,6 +383,11 @@ def _logs(container: Container, tail: int) -> str:
         return redact(container.logs(tail=tail, stdout=True, stderr=True).decode(errors="replace"))
     except DockerException as exc:  # logs are evidence for a report, never a reason to fail it
         return f"(logs unavailable: {one_line(exc)})"
+
+
+def _last_line(logs: str, limit: int = 300) -> str:
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
 
 
 def _remove(container: Container, stop_timeout_s: int) -> None:

@@ -158,17 +158,21 @@ func (p *parser) raw(name string) (string, bool) {
 	return v, true
 }
 
-// readWhenPresent reads path, waiting up to wait for it to appear with content:
-// a copy creates the file before it fills it, so an empty file is still arriving.
+// readFile is os.ReadFile; a test swaps it (tests run as root, whom no mode refuses).
+var readFile = os.ReadFile
+
+// readWhenPresent reads path, waiting up to wait for it to arrive whole. The
+// engine's copy creates the file, fills it, and only then hands it to the app's
+// user: missing, refused and empty are all "still arriving" until the deadline.
 func readWhenPresent(path string, wait time.Duration) (string, error) {
 	deadline := time.Now().Add(wait)
 	for {
-		data, err := os.ReadFile(path)
+		data, err := readFile(path)
 		late := time.Now().After(deadline)
 		if err == nil && (len(data) > 0 || late) {
 			return string(data), nil
 		}
-		if err != nil && (!os.IsNotExist(err) || late) {
+		if err != nil && (late || !(os.IsNotExist(err) || os.IsPermission(err))) {
 			return "", err
 		}
 		time.Sleep(20 * time.Millisecond)

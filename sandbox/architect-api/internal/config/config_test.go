@@ -102,6 +102,40 @@ func TestSecretsFromFiles(t *testing.T) {
 	}
 }
 
+func TestASecretFileStillOwnedByTheCopyIsWaitedFor(t *testing.T) {
+	// Docker's copy chowns a file to the app's user after writing it: until then the app is refused.
+	refusals := 3
+	old := readFile
+	readFile = func(path string) ([]byte, error) {
+		if refusals > 0 {
+			refusals--
+			return nil, &os.PathError{Op: "open", Path: path, Err: os.ErrPermission}
+		}
+		return []byte("redis://:from-file@cache:6379/0"), nil
+	}
+	defer func() { readFile = old }()
+	c, err := Load(env(map[string]string{"REDIS_URL_FILE": "/run/secrets/REDIS_URL"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RedisURL != "redis://:from-file@cache:6379/0" || refusals != 0 {
+		t.Errorf("got %q after %d refusals left", c.RedisURL, refusals)
+	}
+}
+
+func TestASecretFileRefusedPastTheWaitIsAnError(t *testing.T) {
+	oldWait, oldRead := FileWait, readFile
+	FileWait = 50 * time.Millisecond
+	readFile = func(path string) ([]byte, error) {
+		return nil, &os.PathError{Op: "open", Path: path, Err: os.ErrPermission}
+	}
+	defer func() { FileWait, readFile = oldWait, oldRead }()
+	_, err := Load(env(map[string]string{"JWT_SECRET_FILE": "/run/secrets/JWT_SECRET"}))
+	if err == nil || !strings.Contains(err.Error(), "JWT_SECRET_FILE") || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("want a permission error naming JWT_SECRET_FILE, got %v", err)
+	}
+}
+
 func TestMissingSecretFileNamesTheVariableNotAValue(t *testing.T) {
 	old := FileWait
 	FileWait = 50 * time.Millisecond
