@@ -111,7 +111,7 @@ def test_nginx_reloaded_during_the_load_test_changes_nothing(sandbox_env, deploy
     ):
         state = deploy(*GOOD_WITH_MIGRATION)
     print(f"final state: {state.type.value}: {state.message}")
-    print(f"background load: {load.sent} requests, {len(load.failures)} failed")
+    print(f"background load: {load.sent} requests, {len(load.failures)} failed, {load.retried} sent again")
     fault.assert_fired("nginx was not reloaded: the load stage was not seen")
     assert state.is_completed(), state.message
     assert serving_versions(sandbox_env) == {GOOD_WITH_MIGRATION[1]}

@@ -20,6 +20,7 @@ class BackgroundLoad:
     path: str = "/health"
     sent: int = 0
     failures: list[str] = field(default_factory=list)
+    retried: int = 0  # GETs nginx dropped unanswered on a kept-alive connection, sent again once
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -45,7 +46,14 @@ class BackgroundLoad:
                     self._stop.wait(delay)
                 self.sent += 1
                 try:
-                    response = client.get(self.path)
+                    try:
+                        response = client.get(self.path)
+                    except httpx.RemoteProtocolError:
+                        # nginx closing an idle kept-alive connection (a reload does) can cross a
+                        # request already on its way: RFC 9112 9.3.1 lets a client send an
+                        # idempotent request again, and browsers do. Once, on a new connection.
+                        self.retried += 1
+                        response = client.get(self.path)
                     # 503 from an unhealthy replica still counts: the balancer should not send there
                     if response.status_code != 200:
                         self.failures.append(f"{response.status_code}: {response.text[:120]}")
