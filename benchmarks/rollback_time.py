@@ -57,7 +57,6 @@ def deploy(git_ref: str, version: str):
         version=version,
         skip_signoff=True,
         load_duration_s=4.0,
-        load_profiles=["light"],  # as the tests do: medium saturates a 2-CPU machine's generator
         allow_migrations=ALLOWED,
         return_state=True,
     )
